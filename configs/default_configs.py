@@ -1,0 +1,108 @@
+"""The one place every config key is defined.
+
+Dataset defaults (`default_cifar10_configs.py`, `default_lsun_configs.py`,
+`default_ffhq_configs.py`, `default_analytic_configs.py`) start from
+`get_default_configs()` and only change values; every key a user may override on
+the command line (`--config.sampling.pds.alpha=3`) therefore exists in every config.
+"""
+import ml_collections
+
+
+def get_default_configs():
+  config = ml_collections.ConfigDict()
+
+  # training (score_sde names)
+  config.training = training = ml_collections.ConfigDict()
+  training.batch_size = 128
+  training.n_iters = 1300001
+  training.snapshot_freq = 50000
+  training.log_freq = 50
+  training.eval_freq = 100
+  training.snapshot_freq_for_preemption = 10000
+  training.snapshot_sampling = True
+  training.likelihood_weighting = False
+  training.continuous = True
+  training.reduce_mean = False
+  training.n_jitted_steps = 5
+  training.sde = 'vesde'
+
+  # sampling
+  config.sampling = sampling = ml_collections.ConfigDict()
+  sampling.method = 'pc'                  # 'pc' | 'ode'
+  sampling.predictor = 'reverse_diffusion'
+  sampling.corrector = 'langevin'
+  sampling.n_steps_each = 1
+  sampling.noise_removal = True
+  sampling.probability_flow = False
+  sampling.snr = 0.16
+  sampling.corrector_norm = 'batch'       # 'batch' (score_sde) | 'sample'
+  sampling.batch_size = 16                # images per round (global, all devices)
+  sampling.num_samples = 16               # total images in --mode sample
+  sampling.seed = 0                       # sample k uses fold_in(PRNGKey(seed), k)
+  sampling.speed_up = 1.0                 # PDS: N = int(num_scales / speed_up)
+  sampling.eps = 0.0                      # smallest t; 0 -> 1e-5 (VE) / 1e-3 (VP) times speed_up
+  sampling.progress_every = 0             # >0: host callback every k steps (off by default)
+  sampling.ode_rtol = 1e-5
+  sampling.ode_atol = 1e-5
+  sampling.ode_method = 'dopri5'          # diffrax solver: 'dopri5' (RK45) | 'tsit5' | 'heun' | 'euler'
+  # Preconditioned diffusion sampling
+  sampling.pds = pds = ml_collections.ConfigDict()
+  pds.enabled = False
+  pds.filter = 'statistics'               # 'statistics' | 'parametric'
+  pds.freq_stats = ''                     # path to the frequency statistic (.npy (C,H,W) or .npz)
+  pds.space_stats = ''                    # path to the space statistic
+  pds.alpha = 5.0                         # gain = alpha / (S/max S + alpha - 1), alpha > 1
+  pds.radius = 0.0                        # parametric filter radius r (pixels); 0 -> 0.2 * H
+  pds.lam = 1.0                           # parametric filter gain outside the radius
+  pds.omega = 0.0                         # solenoidal term weight
+  pds.mode = 'reference'                  # 'reference' | 'marginal'
+  pds.eta = 1.0                           # marginal mode: weight of the preconditioned Langevin part
+
+  # evaluation
+  config.eval = evaluate = ml_collections.ConfigDict()
+  evaluate.begin_ckpt = 1
+  evaluate.end_ckpt = 1
+  evaluate.batch_size = 64
+  evaluate.enable_sampling = True
+  evaluate.num_samples = 64
+  evaluate.enable_loss = True
+  evaluate.enable_bpd = False
+  evaluate.bpd_dataset = 'test'
+
+  # data
+  config.data = data = ml_collections.ConfigDict()
+  data.dataset = 'CIFAR10'
+  data.image_size = 32
+  data.random_flip = True
+  data.centered = False
+  data.uniform_dequantization = False
+  data.num_channels = 3
+
+  # model (score_sde names; architecture keys are filled by dataset/model configs)
+  config.model = model = ml_collections.ConfigDict()
+  model.name = 'ncsnpp'
+  model.sigma_min = 0.01
+  model.sigma_max = 50.
+  model.num_scales = 1000
+  model.beta_min = 0.1
+  model.beta_max = 20.
+  model.dropout = 0.1
+  model.embedding_type = 'fourier'
+  model.scale_by_sigma = True
+  model.ema_rate = 0.999
+  model.dtype = 'float32'                 # network compute dtype: 'float32' | 'bfloat16'
+  model.checkpoint = ''                   # official checkpoint file/dir; '' -> <workdir>/checkpoints
+  model.ckpt_id = 0                       # checkpoint_<k>; 0 -> newest
+
+  # optimization
+  config.optim = optim = ml_collections.ConfigDict()
+  optim.weight_decay = 0
+  optim.optimizer = 'Adam'
+  optim.lr = 2e-4
+  optim.beta1 = 0.9
+  optim.eps = 1e-8
+  optim.warmup = 5000
+  optim.grad_clip = 1.
+
+  config.seed = 42
+  return config

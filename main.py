@@ -1,0 +1,48 @@
+"""score_sde_pds command line: flags -> run_lib.train / evaluate / sample(config, workdir).
+
+  python main.py --config configs/analytic/gaussian_field.py --workdir W --mode sample \
+      --config.sampling.pds.enabled=True --config.model.num_scales=100
+"""
+import logging
+import os
+import sys
+
+from absl import app, flags
+from ml_collections.config_flags import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Path to a config file (get_config()).',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Work directory (checkpoints/, samples, statistics).')
+flags.DEFINE_enum('mode', 'sample', ['train', 'eval', 'sample'], 'What to run.')
+flags.DEFINE_string('sample_folder', 'samples', 'Sub-folder of workdir for samples.')
+flags.DEFINE_string('compilation_cache', os.path.join('~', '.cache', 'score_sde_pds_jax'),
+                    "Persistent JAX compilation cache folder ('' to disable).")
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  del argv
+  import jax
+  if FLAGS.compilation_cache:
+    jax.config.update('jax_compilation_cache_dir', os.path.expanduser(FLAGS.compilation_cache))
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+  from score_sde_pds import run_lib
+  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
+  os.makedirs(FLAGS.workdir, exist_ok=True)
+  try:
+    if FLAGS.mode == 'train':
+      run_lib.train(FLAGS.config, FLAGS.workdir)
+    elif FLAGS.mode == 'eval':
+      print(run_lib.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.sample_folder))
+    else:
+      folder = run_lib.sample(FLAGS.config, FLAGS.workdir, FLAGS.sample_folder)
+      print(f'samples written to {folder}')
+  except (ValueError, FileNotFoundError, NotImplementedError, KeyError,
+          run_lib.SamplingDivergedError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  app.run(main)

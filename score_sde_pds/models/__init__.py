@@ -1,0 +1,1 @@
+"""Score models. Importing this package registers every model name."""

@@ -1,0 +1,222 @@
+"""Entry points behind main.py: `train`, `evaluate`, `sample` (config, workdir).
+
+`sample` draws config.sampling.num_samples images in rounds of
+config.sampling.batch_size and writes into `<workdir>/<sample_folder>/`:
+  samples_{r}.npz   'samples' uint8 NHWC, 'samples_float' float32 NHWC (data space)
+  samples_{r}.png   an image grid of the round
+  meta.json         resolved config, NFE, seconds per round, devices, versions
+Round r holds global samples k = r B ... r B + B - 1, and sample k draws all its noise
+from fold_in(PRNGKey(config.sampling.seed), k). Every file is written atomically; a
+rerun of the same command skips the rounds already on disk, so an interrupted run loses
+nothing it had written and finishes with the files an uninterrupted run writes.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from score_sde_pds import sampling, sde_lib, utils
+
+log = logging.getLogger(__name__)
+
+
+class SamplingDivergedError(RuntimeError):
+  """A round produced NaN or Inf; it was not saved."""
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def validate_config(config, workdir=None, mode='sample'):
+  """Checks every config value used by `mode` before any compute.
+
+  Raises ValueError / FileNotFoundError naming the key, the value and what is allowed.
+  Returns (sde, eps).
+  """
+  from score_sde_pds.models import utils as mutils
+  from score_sde_pds import datasets, preconditioning
+  mutils.get_model(config.model.name)          # unknown model names
+  if str(config.data.dataset).upper() != 'GAUSSIAN_FIELD':
+    datasets.check_dataset_name(config)
+  size, ch = config.data.image_size, config.data.num_channels
+  if not (isinstance(size, int) and size >= 1):
+    raise ValueError(f'config.data.image_size must be a positive integer, got {size!r}.')
+  if not (isinstance(ch, int) and ch >= 1):
+    raise ValueError(f'config.data.num_channels must be a positive integer, got {ch!r}.')
+  if int(config.model.num_scales) < 1:
+    raise ValueError(f'config.model.num_scales must be >= 1, got {config.model.num_scales!r}.')
+  sde, eps = sde_lib.get_sde(config)
+  s = config.sampling
+  if mode in ('sample', 'eval'):
+    if int(s.batch_size) < 1:
+      raise ValueError(f'config.sampling.batch_size must be >= 1, got {s.batch_size!r}.')
+    if int(s.num_samples) < 1:
+      raise ValueError(f'config.sampling.num_samples must be >= 1, got {s.num_samples!r}.')
+    if int(s.batch_size) % jax.device_count():
+      raise ValueError(f'config.sampling.batch_size={s.batch_size} must be divisible by the '
+                       f'number of devices ({jax.device_count()}).')
+    shape = (int(s.batch_size), size, size, ch)
+    # builds (and so validates) predictor/corrector names, snr, n_steps, method, pds mode
+    sampling.get_sampler_from_config(config, sde, shape, eps)
+    preconditioning.Preconditioner.from_config(config, workdir)
+  return sde, eps
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def load_model(config, workdir):
+  """Returns (model, states, params): the analytic oracle, or the network with the EMA
+  parameters of the official checkpoint at config.model.checkpoint or <workdir>/checkpoints."""
+  from score_sde_pds.models import utils as mutils
+  model, states, params = mutils.init_model(jax.random.PRNGKey(config.seed), config)
+  if getattr(model, 'is_analytic', False):
+    return model, states, params
+  from score_sde_pds import checkpoints
+  path = config.model.get('checkpoint', '') or os.path.join(workdir, 'checkpoints')
+  ckpt_id = int(config.model.get('ckpt_id', 0) or 0) or None
+  params = checkpoints.restore_official(path, config, ckpt_id=ckpt_id)
+  return model, states, params
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def _round_path(folder, r, ext):
+  return os.path.join(folder, f'samples_{r}.{ext}')
+
+
+def _round_done(folder, r):
+  path = _round_path(folder, r, 'npz')
+  if not os.path.exists(path):
+    return False
+  try:
+    with np.load(path) as f:
+      return 'samples' in f.files and 'samples_float' in f.files
+  except Exception:  # a file from a foreign writer that is unreadable: redo the round
+    return False
+
+
+def sample(config, workdir, sample_folder='samples'):
+  """Draws config.sampling.num_samples samples into <workdir>/<sample_folder>/ (resumable)."""
+  from score_sde_pds import datasets, preconditioning
+  sde, eps = validate_config(config, workdir, mode='sample')
+  s = config.sampling
+  B, size, ch = int(s.batch_size), config.data.image_size, config.data.num_channels
+  folder = os.path.join(workdir, sample_folder)
+  is_writer = jax.process_index() == 0
+  if is_writer:
+    os.makedirs(folder, exist_ok=True)
+    utils.atomic_write_json(os.path.join(workdir, 'config.json'), utils.config_to_dict(config))
+
+  model, states, params = load_model(config, workdir)
+  precond = preconditioning.Preconditioner.from_config(config, workdir)
+  inverse_scaler = datasets.get_data_inverse_scaler(config)
+  sampling_fn = sampling.get_sampling_fn(config, sde, model, (B, size, size, ch), eps,
+                                         inverse_scaler=inverse_scaler, preconditioner=precond)
+  num_rounds = math.ceil(int(s.num_samples) / B)
+  meta_path = os.path.join(folder, 'meta.json')
+  meta = {'config': utils.config_to_dict(config), 'num_rounds': num_rounds, 'batch_size': B,
+          'num_samples': int(s.num_samples), 'sde_N': sde.N, 'eps': eps,
+          'device_count': jax.device_count(), 'process_count': jax.process_count(),
+          'backend': jax.default_backend(), 'versions': utils.versions(), 'rounds': {}}
+  if os.path.exists(meta_path):
+    try:
+      import json
+      with open(meta_path) as f:
+        meta['rounds'] = json.load(f).get('rounds', {})
+    except Exception:  # unreadable meta: start its round record afresh
+      pass
+  rng = jax.random.PRNGKey(int(s.seed))
+  todo = [r for r in range(num_rounds) if not _round_done(folder, r)]
+  log.info('%d of %d rounds to sample into %s', len(todo), num_rounds, folder)
+  try:
+    from tqdm import tqdm
+    iterator = tqdm(todo, desc='sampling rounds', disable=not is_writer)
+  except ImportError:
+    iterator = todo
+  for r in iterator:
+    t0 = time.time()
+    x, nfe, info = sampling_fn.with_info(rng, params, states, offset=r * B)
+    x = jax.block_until_ready(x)
+    seconds = time.time() - t0
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      x = multihost_utils.process_allgather(x, tiled=True)
+    x = np.asarray(x, np.float32)
+    bad = int(info['first_nonfinite_step'])
+    if bad >= 0 or not np.all(np.isfinite(x)):
+      raise SamplingDivergedError(
+          f'round {r} (samples {r * B}..{r * B + B - 1}) diverged: non-finite values first '
+          f'appeared at sampler step {bad} of {sde.N}; nothing was saved for this round. '
+          'Check the checkpoint, config.sampling.snr and the PDS statistics/alpha.')
+    keep = min(B, int(s.num_samples) - r * B)
+    x = x[:keep]
+    if is_writer:
+      u8 = utils.to_uint8(x)
+      utils.atomic_save_npz(_round_path(folder, r, 'npz'), samples=u8, samples_float=x)
+      utils.atomic_write_bytes(_round_path(folder, r, 'png'), utils.png_bytes(utils.image_grid(u8)))
+      meta['rounds'][str(r)] = {'nfe': int(nfe), 'seconds': round(seconds, 4), 'samples': keep}
+      utils.atomic_write_json(meta_path, meta)
+  if is_writer:
+    utils.atomic_write_json(meta_path, meta)
+  return folder
+
+
+def load_samples(folder):
+  """Concatenates samples_{r}.npz of a sample folder in round order -> (N,H,W,C) float32."""
+  import re
+  files = [f for f in os.listdir(folder) if re.fullmatch(r'samples_\d+\.npz', f)]
+  files.sort(key=lambda f: int(f[8:-4]))
+  if not files:
+    raise FileNotFoundError(f'no samples_<r>.npz files in {folder}; run --mode sample first.')
+  return np.concatenate([np.load(os.path.join(folder, f))['samples_float'] for f in files])
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate(config, workdir, sample_folder='samples'):
+  """Scores the samples in <workdir>/<sample_folder> and writes eval.json there.
+
+  For the analytic oracle: the exact Frechet distance to the target field and the
+  per-frequency variance errors (no Inception network needed). Other datasets need
+  FID/IS statistics and Inception weights, which this project cannot download: that
+  evaluation is not implemented yet and raises NotImplementedError.
+  """
+  from score_sde_pds import datasets
+  from score_sde_pds.models import analytic
+  folder = os.path.join(workdir, sample_folder)
+  if config.model.name != 'analytic_gaussian':
+    raise NotImplementedError(
+        'evaluate: FID/IS/KID need Inception weights and dataset statistics, which are not '
+        'available offline; only the analytic oracle (configs/analytic/*) is evaluated.')
+  field = analytic.GaussianField.from_config(config)
+  x = load_samples(folder)
+  x = np.asarray(datasets.get_data_scaler(config)(x))
+  spec = analytic.measured_spectrum(x, mean=np.asarray(field.mean))
+  rel = spec / np.asarray(field.spectrum) - 1.
+  result = {'num_samples': int(x.shape[0]),
+            'frechet_distance': analytic.frechet_distance(x, field),
+            'spectrum_rel_error_mean': float(np.mean(np.abs(rel))),
+            'spectrum_rel_error_max': float(np.max(np.abs(rel))),
+            'spectrum_log_ratio_mean': float(np.mean(np.log(spec / np.asarray(field.spectrum))))}
+  if jax.process_index() == 0:
+    utils.atomic_write_json(os.path.join(folder, 'eval.json'), result)
+  return result
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train(config, workdir):
+  """Training is not part of this project yet (it samples pretrained official models)."""
+  raise NotImplementedError(
+      'train: this project samples pretrained official checkpoints; training is not '
+      'implemented yet. Use --mode sample or --mode eval.')

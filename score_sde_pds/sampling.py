@@ -1,0 +1,602 @@
+"""Predictor-corrector and ODE samplers, one jitted `lax.scan` per sampling run.
+
+Public contract
+---------------
+`get_pc_sampler(sde, shape, predictor, corrector, *, snr, ...)` and
+`get_ode_sampler(sde, shape, ...)` return `sampler(rng, score_fn, offset=0)
+-> (samples, nfe)`, where `score_fn(x, t)` maps x (B,H,W,C) and t (B,) to the score
+(B,H,W,C); any jax-traceable function plugs in (an analytic oracle, or a network closed
+over its params). `get_sampling_fn(config, sde, model, shape, eps)` is the config-driven
+form whose jitted function takes the network params as arguments:
+`sampling_fn(rng, params, states, offset=0) -> (samples, nfe)`.
+
+Randomness
+----------
+Sample b of a call draws all its noise from its own key `fold_in(rng, offset + b)`:
+the prior from `fold_in(key_b, 0)`, step k from `fold_in(key_b, k + 1)` (predictor
+tag 0, corrector sub-step j tag j + 1). So the k-th sample of a run is the same for any
+batch size or device count whenever samples do not interact, i.e. unless the
+Langevin corrector's step size uses the batch-mean norm (`corrector_norm='batch'`, the
+score_sde rule; `'sample'` uses per-sample norms).
+
+Predictors and correctors are small pure functions in name registries
+(`PREDICTORS`, `CORRECTORS`) with score_sde's names. Each step runs the corrector
+first, then the predictor (score_sde's order); the sampler returns the last x_mean when
+`denoise` (score_sde's `noise_removal`).
+
+Preconditioning (PDS)
+---------------------
+A `Preconditioner` P (score_sde_pds.preconditioning) with `noise(z) = M z` and
+`drift(g) = M M^T g (+ omega S g)` is a pytree argument of the jitted function, so a new
+alpha does not recompile and a stacked batch of preconditioners can be vmapped.
+mode='reference' reproduces fudan-zvg/PDS (prior x_T = prior_std M z; reverse-diffusion
+x_mean = x - M M^T rev_f, x = x_mean + G M z; Langevin g = M M^T s, n = M z with the
+snr rule on their norms); euler_maruyama and ald are preconditioned in the same way.
+mode='marginal' uses the marginal-preserving split drift f - 1/2 g^2 s
+- 1/2 eta g^2 M M^T s with noise sqrt(eta) g M z (REFERENCE.md §3).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from score_sde_pds import sde_lib
+
+# ----------------------------------------------------------------------------- registries
+
+PREDICTORS: dict[str, Callable] = {}
+CORRECTORS: dict[str, Callable] = {}
+# network evaluations per call of each registered function
+_PREDICTOR_NFE: dict[str, int] = {}
+_CORRECTOR_NFE: dict[str, int] = {}
+
+
+def register_predictor(name: str, nfe: int = 1):
+  def deco(fn):
+    if name in PREDICTORS:
+      raise ValueError(f'predictor {name!r} already registered')
+    PREDICTORS[name], _PREDICTOR_NFE[name] = fn, nfe
+    return fn
+  return deco
+
+
+def register_corrector(name: str, nfe: int = 1):
+  def deco(fn):
+    if name in CORRECTORS:
+      raise ValueError(f'corrector {name!r} already registered')
+    CORRECTORS[name], _CORRECTOR_NFE[name] = fn, nfe
+    return fn
+  return deco
+
+
+def _lookup(registry, name, what):
+  if name is None:
+    name = 'none'
+  name = str(name).lower()
+  if name not in registry:
+    close = difflib.get_close_matches(name, registry, n=1)
+    hint = f' Did you mean {close[0]!r}?' if close else ''
+    raise ValueError(f'{what}={name!r} is not known; valid names: {sorted(registry)}.{hint}')
+  return name
+
+
+def get_predictor(name):
+  return PREDICTORS[_lookup(PREDICTORS, name, 'config.sampling.predictor')]
+
+
+def get_corrector(name):
+  return CORRECTORS[_lookup(CORRECTORS, name, 'config.sampling.corrector')]
+
+
+# ----------------------------------------------------------------------------- step context
+
+
+def _bcast(v, x):
+  v = jnp.asarray(v)
+  return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
+
+
+def _norms(v):
+  """Per-sample L2 norms, (B,...) -> (B,)."""
+  return jnp.sqrt(jnp.sum(jnp.square(v.reshape(v.shape[0], -1)), axis=-1))
+
+
+@dataclasses.dataclass(frozen=True)
+class StepContext:
+  """What a predictor/corrector step sees (a trace-time object, not a pytree).
+
+  Attributes:
+    sde: the forward SDE. score_fn: s(x (B,...), t (B,)) -> (B,...).
+    precond: Preconditioner or None (no PDS). mode: 'reference' | 'marginal'.
+    eta: marginal-mode weight. probability_flow: use the probability-flow drift.
+    snr, n_steps, corrector_norm: Langevin settings. N: number of steps.
+    noise: noise(keys, tag) -> z (B,...), the per-sample Gaussian draw.
+    replicate: puts a (B,) array on every device before a batch reduction.
+  """
+  sde: Any
+  score_fn: Callable
+  precond: Any
+  mode: str
+  eta: float
+  probability_flow: bool
+  snr: float
+  n_steps: int
+  corrector_norm: str
+  N: int
+  noise: Callable
+  replicate: Callable
+
+  def M(self, z):
+    return z if self.precond is None else self.precond.noise(z)
+
+  def MMt(self, g):
+    return g if self.precond is None else self.precond.drift(g)
+
+  @property
+  def marginal(self):
+    return self.precond is not None and self.mode == 'marginal'
+
+  def batch_mean(self, v):
+    """Global mean of per-sample values (B,) -> scalar, or (B,) itself for 'sample'."""
+    if self.corrector_norm == 'sample':
+      return v
+    return jnp.mean(self.replicate(v))
+
+
+def _vp_like(sde):
+  return isinstance(sde, (sde_lib.VPSDE, sde_lib.subVPSDE))
+
+
+# ----------------------------------------------------------------------------- predictors
+# Signature: fn(ctx, x, t, i, keys) -> (x, x_mean); x (B,...), t (B,), i int32 scalar
+# (ascending discrete index: N-1 at t=T, 0 at t=eps), keys (B,) per-sample step keys.
+
+
+@register_predictor('none', nfe=0)
+def none_predictor(ctx, x, t, i, keys):
+  del ctx, t, i, keys
+  return x, x
+
+
+def _split_reverse(ctx, f, G2, score, x):
+  """Marginal-preserving reverse drift (per unit step): f - 1/2 G^2 s - 1/2 eta G^2 MM^T s."""
+  return f - 0.5 * G2 * score - 0.5 * ctx.eta * G2 * ctx.MMt(score)
+
+
+@register_predictor('euler_maruyama')
+def euler_maruyama(ctx, x, t, i, keys):
+  """x_mean = x - drift_rev dt, x = x_mean + g sqrt(dt) z (reverse SDE, Song et al. Eq. 6)."""
+  del i
+  dt = -1. / ctx.N
+  z = ctx.noise(keys, 0)
+  score = ctx.score_fn(x, t)
+  if ctx.marginal and not ctx.probability_flow:
+    f, g = ctx.sde.sde(x, t)
+    drift = _split_reverse(ctx, f, _bcast(g ** 2, x), score, x)
+    x_mean = x + drift * dt
+    return x_mean + _bcast(g * jnp.sqrt(-dt) * jnp.sqrt(ctx.eta), x) * ctx.M(z), x_mean
+  drift, g = ctx.sde.reverse(ctx.score_fn, ctx.probability_flow).sde(x, t, score=score)
+  x_mean = x + ctx.MMt(drift) * dt
+  return x_mean + _bcast(g * jnp.sqrt(-dt), x) * ctx.M(z), x_mean
+
+
+@register_predictor('reverse_diffusion')
+def reverse_diffusion(ctx, x, t, i, keys):
+  """x_mean = x - MM^T rev_f, x = x_mean + G M z (PDS Alg. 1 with the discretised SDE)."""
+  z = ctx.noise(keys, 0)
+  score = ctx.score_fn(x, t)
+  if ctx.marginal and not ctx.probability_flow:
+    f, G = ctx.sde.discretize(x, t, i)
+    x_mean = x - _split_reverse(ctx, f, _bcast(G ** 2, x), score, x)
+    return x_mean + _bcast(G * jnp.sqrt(ctx.eta), x) * ctx.M(z), x_mean
+  rev_f, G = ctx.sde.reverse(ctx.score_fn, ctx.probability_flow).discretize(x, t, i, score=score)
+  x_mean = x - ctx.MMt(rev_f)
+  return x_mean + _bcast(G, x) * ctx.M(z), x_mean
+
+
+@register_predictor('ancestral_sampling')
+def ancestral_sampling(ctx, x, t, i, keys):
+  """Ancestral sampling of SMLD (VE) / DDPM (VP) (Song et al. App. F); not preconditioned."""
+  sde = ctx.sde
+  z = ctx.noise(keys, 0)
+  score = ctx.score_fn(x, t)
+  if isinstance(sde, sde_lib.VESDE):
+    sigmas = sde.discrete_sigmas
+    sigma = sigmas[i]
+    adjacent = jnp.where(i == 0, 0., sigmas[jnp.maximum(i - 1, 0)])
+    x_mean = x + score * (sigma ** 2 - adjacent ** 2)
+    std = jnp.sqrt(adjacent ** 2 * (sigma ** 2 - adjacent ** 2) / sigma ** 2)
+    return x_mean + std * z, x_mean
+  if _vp_like(sde):
+    beta = sde.discrete_betas[i]
+    x_mean = (x + beta * score) / jnp.sqrt(1. - beta)
+    return x_mean + jnp.sqrt(beta) * z, x_mean
+  raise NotImplementedError(f'ancestral_sampling does not support {type(sde).__name__}')
+
+
+# ----------------------------------------------------------------------------- correctors
+
+
+def _langevin_alpha(ctx, i):
+  """alpha_i of the snr rule: 1 for VE, the DDPM alpha_i for VP/subVP (score_sde)."""
+  return ctx.sde.alphas[i] if _vp_like(ctx.sde) else jnp.ones(())
+
+
+@register_corrector('none', nfe=0)
+def none_corrector(ctx, x, t, i, keys):
+  del ctx, t, i, keys
+  return x, x
+
+
+@register_corrector('langevin')
+def langevin(ctx, x, t, i, keys):
+  """Langevin corrector with the snr step size (Song et al. Alg. 4; PDS Alg. 1):
+  g = MM^T s, n = M z, eps = 2 alpha_i (snr |n| / |g|)^2, x <- x + eps g + sqrt(2 eps) n,
+  |.| the per-sample L2 norm averaged over the global batch (or per sample)."""
+  alpha = _langevin_alpha(ctx, i)
+
+  def step(j, carry):
+    x, _ = carry
+    g = ctx.MMt(ctx.score_fn(x, t))
+    n = ctx.M(ctx.noise(keys, j + 1))
+    g_norm = ctx.batch_mean(_norms(g))
+    n_norm = ctx.batch_mean(_norms(n))
+    eps = _bcast(2. * alpha * (ctx.snr * n_norm / g_norm) ** 2, x)
+    x_mean = x + eps * g
+    return x_mean + jnp.sqrt(2. * eps) * n, x_mean
+
+  return jax.lax.fori_loop(0, ctx.n_steps, step, (x, x))
+
+
+@register_corrector('ald')
+def annealed_langevin(ctx, x, t, i, keys):
+  """Annealed Langevin dynamics of NCSN (Song & Ermon 2019; PDS Eq. 2 preconditioned):
+  eps = 2 alpha_i (snr sigma_t)^2, x <- x + eps MM^T s + sqrt(2 eps) M z."""
+  alpha = _langevin_alpha(ctx, i)
+  std = ctx.sde.marginal_prob(x, t)[1]
+
+  def step(j, carry):
+    x, _ = carry
+    g = ctx.MMt(ctx.score_fn(x, t))
+    n = ctx.M(ctx.noise(keys, j + 1))
+    eps = _bcast(2. * alpha * (ctx.snr * std) ** 2, x)
+    x_mean = x + eps * g
+    return x_mean + jnp.sqrt(2. * eps) * n, x_mean
+
+  return jax.lax.fori_loop(0, ctx.n_steps, step, (x, x))
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _data_mesh():
+  devices = np.asarray(jax.devices())
+  return jax.sharding.Mesh(devices, ('data',))
+
+
+def _sharders(batch_size: int):
+  """(shard, replicate) functions for a (B,...) batch over all devices on axis 'data'."""
+  n = jax.device_count()
+  if n == 1:
+    ident = lambda v: v
+    return ident, ident
+  if batch_size % n:
+    raise ValueError(f'batch size {batch_size} (config.sampling.batch_size) must be divisible '
+                     f'by the number of devices {n}.')
+  mesh = _data_mesh()
+  spec_b = NamedSharding(mesh, PartitionSpec('data'))
+  spec_r = NamedSharding(mesh, PartitionSpec())
+  shard = lambda v: jax.lax.with_sharding_constraint(v, spec_b)
+  replicate = lambda v: jax.lax.with_sharding_constraint(v, spec_r)
+  return shard, replicate
+
+
+def sample_keys(rng, offset, batch_size):
+  """Per-sample keys fold_in(rng, offset + b), b < batch_size -> (B,) keys."""
+  idx = jnp.asarray(offset, jnp.uint32) + jnp.arange(batch_size, dtype=jnp.uint32)
+  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, idx)
+
+
+def _normal_fn(shape):
+  def noise(keys, tag):
+    return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, tag), shape[1:]))(keys)
+  return noise
+
+
+def _prior_std(sde):
+  return sde.sigma_max if isinstance(sde, sde_lib.VESDE) else 1.
+
+
+def _all_finite(x):
+  return jnp.all(jnp.isfinite(x))
+
+
+# ----------------------------------------------------------------------------- PC sampler
+
+
+class Sampler:
+  """A sampler bound to its settings. `sampler(rng, score_fn, offset=0) -> (samples, nfe)`.
+
+  `run(rng, score_fn, precond, offset)` is the traceable body returning
+  (samples, nfe, info) with info['first_nonfinite_step'] (-1 when all finite);
+  `jitted(score_fn)` returns jit(run) for that score function.
+  """
+
+  def __init__(self, run_fn, preconditioner=None):
+    self.run = run_fn
+    self.preconditioner = preconditioner
+    self._cache = {}
+
+  def jitted(self, score_fn):
+    fn = self._cache.get(score_fn)
+    if fn is None:
+      fn = jax.jit(functools.partial(self.run, score_fn=score_fn))
+      self._cache[score_fn] = fn
+    return fn
+
+  def __call__(self, rng, score_fn, offset=0, preconditioner=None):
+    p = self.preconditioner if preconditioner is None else preconditioner
+    samples, nfe, _ = self.jitted(score_fn)(rng, precond=p, offset=offset)
+    return samples, nfe
+
+
+def _check_common(shape, snr, n_steps, eps, sde):
+  if len(shape) < 2 or any(int(s) < 1 for s in shape):
+    raise ValueError(f'sampling shape must be (B, ...) with positive sizes, got {shape}.')
+  if not np.isfinite(snr) or snr <= 0:
+    raise ValueError(f'config.sampling.snr must be > 0, got {snr!r}.')
+  if int(n_steps) < 1:
+    raise ValueError(f'config.sampling.n_steps_each must be >= 1, got {n_steps!r}.')
+  if not 0 < eps < sde.T:
+    raise ValueError(f'sampling eps must lie in (0, T={sde.T}), got {eps!r}.')
+
+
+def get_pc_sampler(sde, shape, predictor, corrector, *, snr, n_steps=1,
+                   probability_flow=False, denoise=True, eps=1e-3, preconditioner=None,
+                   pds_mode='reference', eta=1.0, corrector_norm='batch',
+                   progress_every=0, progress_fn=None) -> Sampler:
+  """Predictor-corrector sampler (Song et al. 2021, Alg. 1-4; PDS Alg. 1).
+
+  Args:
+    sde: an sde_lib SDE (its N is the number of steps).
+    shape: (B, H, W, C) global batch shape.
+    predictor, corrector: registry names (or None for 'none').
+    snr: signal-to-noise ratio of the Langevin step-size rule (> 0).
+    n_steps: corrector steps per noise level (score_sde's n_steps_each).
+    probability_flow: predictor follows the probability-flow ODE drift.
+    denoise: return the last x_mean (score_sde's noise_removal).
+    eps: smallest time; steps use t = linspace(T, eps, N).
+    preconditioner: default Preconditioner (None = vanilla); may be overridden per call.
+    pds_mode: 'reference' (fudan-zvg/PDS) or 'marginal'. eta: marginal-mode weight.
+    corrector_norm: 'batch' (global batch-mean norms, score_sde) or 'sample'.
+    progress_every, progress_fn: host callback progress_fn(step) every k steps (0: off).
+  Returns:
+    a `Sampler`: sampler(rng, score_fn, offset=0) -> (samples (B,H,W,C), nfe int).
+  """
+  pred_name = _lookup(PREDICTORS, predictor, 'config.sampling.predictor')
+  corr_name = _lookup(CORRECTORS, corrector, 'config.sampling.corrector')
+  if pds_mode not in ('reference', 'marginal'):
+    raise ValueError(f"config.sampling.pds.mode={pds_mode!r}; valid: ['marginal', 'reference'].")
+  if corrector_norm not in ('batch', 'sample'):
+    raise ValueError(f"config.sampling.corrector_norm={corrector_norm!r}; valid: ['batch', 'sample'].")
+  if not eta >= 0:
+    raise ValueError(f'config.sampling.pds.eta must be >= 0, got {eta!r}.')
+  _check_common(shape, snr, n_steps, eps, sde)
+  predictor_fn, corrector_fn = PREDICTORS[pred_name], CORRECTORS[corr_name]
+  N = sde.N
+  shape = tuple(int(s) for s in shape)
+  nfe = N * (_PREDICTOR_NFE[pred_name] + _CORRECTOR_NFE[corr_name] * int(n_steps))
+  shard, replicate = _sharders(shape[0])
+  noise = _normal_fn(shape)
+
+  def run(rng, score_fn, precond=None, offset=0):
+    ctx = StepContext(sde=sde, score_fn=score_fn, precond=precond, mode=pds_mode, eta=eta,
+                      probability_flow=probability_flow, snr=snr, n_steps=int(n_steps),
+                      corrector_norm=corrector_norm, N=N, noise=noise, replicate=replicate)
+    keys = shard(sample_keys(rng, offset, shape[0]))
+    z = noise(keys, 0)
+    prior = ctx.M(z) if not ctx.marginal else z
+    x = shard(prior * _prior_std(sde))
+    timesteps = jnp.linspace(sde.T, eps, N)
+
+    def body(carry, k):
+      x, x_mean, bad = carry
+      t = jnp.full((shape[0],), timesteps[k], x.dtype)
+      i = N - 1 - k
+      step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, k + 1)
+      x, x_mean = corrector_fn(ctx, x, t, i, step_keys)
+      x, x_mean = predictor_fn(ctx, x, t, i, step_keys)
+      x, x_mean = shard(x), shard(x_mean)
+      bad = jnp.where((bad < 0) & ~_all_finite(x), k, bad)
+      if progress_every and progress_fn is not None:
+        jax.lax.cond((k + 1) % progress_every == 0,
+                     lambda: jax.debug.callback(progress_fn, k + 1), lambda: None)
+      return (x, x_mean, bad), None
+
+    init = (x, x, jnp.asarray(-1, jnp.int32))
+    (x, x_mean, bad), _ = jax.lax.scan(body, init, jnp.arange(N, dtype=jnp.int32))
+    out = x_mean if denoise else x
+    return out, nfe, {'first_nonfinite_step': bad}
+
+  return Sampler(run, preconditioner)
+
+
+# ----------------------------------------------------------------------------- ODE sampler
+
+# Dormand-Prince 5(4) tableau (the RK45 of scipy.integrate.solve_ivp).
+_DP_C = (0., 1. / 5, 3. / 10, 4. / 5, 8. / 9, 1.)
+_DP_A = ((),
+         (1. / 5,),
+         (3. / 40, 9. / 40),
+         (44. / 45, -56. / 15, 32. / 9),
+         (19372. / 6561, -25360. / 2187, 64448. / 6561, -212. / 729),
+         (9017. / 3168, -355. / 33, 46732. / 5247, 49. / 176, -5103. / 18656))
+_DP_B = (35. / 384, 0., 500. / 1113, 125. / 192, -2187. / 6784, 11. / 84)
+# B - B_hat, with the 7th (FSAL) stage weight of the embedded 4th order pair.
+_DP_E = (71. / 57600, 0., -71. / 16695, 71. / 1920, -17253. / 339200, 22. / 525, -1. / 40)
+
+
+def get_ode_sampler(sde, shape, *, rtol=1e-5, atol=1e-5, method='RK45', eps=1e-3,
+                    denoise=False, max_steps=10000) -> Sampler:
+  """Probability-flow ODE sampler (Song et al. Eq. 13) with adaptive Dormand-Prince 5(4).
+
+  Solved inside JAX from t=T to t=eps, each sample with its own step size and error
+  control (RMS norm of err / (atol + rtol max(|y|, |y_new|)), as scipy's RK45), so a
+  sample does not depend on the rest of its batch. The reported NFE is the number of
+  batched score evaluations (2 for the initial step-size choice + 6 per attempted step
+  of the slowest sample + 1 for denoising); info['nfe_per_sample'] has each sample's own
+  count. `denoise` applies one reverse-diffusion step at eps, as score_sde's ODE sampler.
+  """
+  if str(method).upper() not in ('RK45', 'DOPRI5'):
+    raise ValueError(f"config.sampling.ode_method={method!r}; valid: ['RK45', 'dopri5'].")
+  if not (rtol > 0 and atol > 0):
+    raise ValueError(f'ODE tolerances must be > 0, got rtol={rtol}, atol={atol}.')
+  _check_common(shape, 1., 1, eps, sde)
+  shape = tuple(int(s) for s in shape)
+  B = shape[0]
+  shard, _ = _sharders(B)
+  noise = _normal_fn(shape)
+
+  def run(rng, score_fn, precond=None, offset=0):
+    del precond  # the probability-flow ODE is not preconditioned
+    rsde = sde.reverse(score_fn, probability_flow=True)
+    keys = shard(sample_keys(rng, offset, B))
+    y0 = shard(noise(keys, 0) * _prior_std(sde))
+
+    def f(y, t):
+      return rsde.sde(y, t)[0]
+
+    def rms(v):
+      return jnp.sqrt(jnp.mean(jnp.square(v.reshape(B, -1)), axis=-1))
+
+    t0 = jnp.full((B,), sde.T, y0.dtype)
+    t_end = jnp.full((B,), eps, y0.dtype)
+    span = t0 - t_end
+    f0 = f(y0, t0)
+    # initial step (Hairer, Norsett & Wanner II.4), one extra evaluation
+    scale = atol + rtol * jnp.abs(y0)
+    d0, d1 = rms(y0 / scale), rms(f0 / scale)
+    h0 = jnp.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1)
+    h0 = jnp.minimum(h0, span)
+    f1 = f(y0 - _bcast(h0, y0) * f0, t0 - h0)
+    d2 = rms((f1 - f0) / scale) / h0
+    h1 = jnp.where(jnp.maximum(d1, d2) <= 1e-15, jnp.maximum(1e-6, h0 * 1e-3),
+                   (0.01 / jnp.maximum(d1, d2)) ** (1. / 5))
+    h = jnp.minimum(jnp.minimum(100 * h0, h1), span)
+
+    def cond(c):
+      _, t, _, _, done, it, _ = c
+      return (~jnp.all(done)) & (it < max_steps)
+
+    def body(c):
+      y, t, h, k1, done, it, nfe = c
+      h = jnp.minimum(h, t - t_end)           # do not step past eps
+      hb = _bcast(-h, y)                      # integrate backwards in time
+      ks = [k1]
+      for s in range(1, 6):
+        ys = y + hb * sum(a * ks[j] for j, a in enumerate(_DP_A[s]))
+        ks.append(f(ys, t - _DP_C[s] * h))
+      y_new = y + hb * sum(b * ks[j] for j, b in enumerate(_DP_B))
+      k7 = f(y_new, t - h)
+      ks.append(k7)
+      err = hb * sum(e * ks[j] for j, e in enumerate(_DP_E))
+      sc = atol + rtol * jnp.maximum(jnp.abs(y), jnp.abs(y_new))
+      err_norm = rms(err / sc)
+      accept = (err_norm <= 1.) & ~done
+      factor = jnp.where(err_norm == 0, 10., jnp.clip(0.9 * err_norm ** (-1. / 5), 0.2, 10.))
+      factor = jnp.where(accept, factor, jnp.minimum(factor, 1.))
+      ab = _bcast(accept, y)
+      y = jnp.where(ab, y_new, y)
+      k1 = jnp.where(ab, k7, k1)
+      t_next = jnp.where(accept, t - h, t)
+      nfe = nfe + jnp.where(done, 0, 6)
+      done = done | (accept & (t_next <= t_end + 1e-7 * span))
+      h = jnp.where(done, h, h * factor)
+      return shard(y), t_next, h, shard(k1), done, it + 1, nfe
+
+    init = (y0, t0, h, f0, jnp.zeros((B,), bool), jnp.asarray(0, jnp.int32),
+            jnp.full((B,), 2, jnp.int32))
+    y, t, _, _, done, iters, nfe_s = jax.lax.while_loop(cond, body, init)
+    nfe = 2 + 6 * iters
+    if denoise:
+      rev = sde.reverse(score_fn, probability_flow=False)
+      rev_f, _ = rev.discretize(y, t_end, jnp.asarray(0, jnp.int32))
+      y = y - rev_f
+      nfe, nfe_s = nfe + 1, nfe_s + 1
+    bad = jnp.where(_all_finite(y) & jnp.all(done), -1, iters)
+    return y, nfe, {'first_nonfinite_step': bad, 'nfe_per_sample': nfe_s, 'steps': iters}
+
+  return Sampler(run)
+
+
+# ----------------------------------------------------------------------------- config API
+
+
+def get_sampler_from_config(config, sde, shape, eps, preconditioner=None) -> Sampler:
+  """The sampler that config.sampling describes (method 'pc' or 'ode')."""
+  s = config.sampling
+  method = str(s.method).lower()
+  if method == 'pc':
+    pds = s.get('pds', None)
+    return get_pc_sampler(
+        sde, shape, s.predictor, s.corrector, snr=float(s.snr), n_steps=int(s.n_steps_each),
+        probability_flow=bool(s.probability_flow), denoise=bool(s.noise_removal), eps=eps,
+        preconditioner=preconditioner,
+        pds_mode=str(pds.mode) if pds is not None else 'reference',
+        eta=float(pds.eta) if pds is not None else 1.,
+        corrector_norm=str(s.get('corrector_norm', 'batch')),
+        progress_every=int(s.get('progress_every', 0) or 0),
+        progress_fn=_default_progress if s.get('progress_every', 0) else None)
+  if method == 'ode':
+    return get_ode_sampler(sde, shape, rtol=float(s.get('ode_rtol', 1e-5)),
+                           atol=float(s.get('ode_atol', 1e-5)),
+                           method=str(s.get('ode_method', 'RK45')), eps=eps,
+                           denoise=bool(s.noise_removal))
+  raise ValueError(f"config.sampling.method={s.method!r} is not known; valid: ['ode', 'pc'].")
+
+
+def _default_progress(step):
+  print(f'  sampling step {int(step)}', flush=True)
+
+
+def get_sampling_fn(config, sde, model, shape, eps, inverse_scaler=None, preconditioner=None):
+  """Config-driven sampler whose jitted function takes the network params as arguments.
+
+  Returns sampling_fn(rng, params, states, offset=0) -> (samples, nfe), samples mapped
+  through `inverse_scaler` (identity by default). `sampling_fn.with_info(...)` also
+  returns the info dict, and `sampling_fn.preconditioner` the PDS operator in use.
+  """
+  from score_sde_pds.models import utils as mutils
+  sampler = get_sampler_from_config(config, sde, shape, eps, preconditioner)
+  inverse_scaler = inverse_scaler or (lambda v: v)
+  continuous = bool(config.training.continuous)
+  num_scales = int(config.model.num_scales)
+
+  def body(rng, params, states, precond, offset):
+    score_fn = mutils.get_score_fn(sde, model, params, states, train=False,
+                                   continuous=continuous, num_scales=num_scales)
+    x, nfe, info = sampler.run(rng, score_fn, precond=precond, offset=offset)
+    return inverse_scaler(x), nfe, info
+
+  jitted = jax.jit(body, donate_argnums=())
+
+  def with_info(rng, params, states, offset=0, preconditioner=None):
+    p = sampler.preconditioner if preconditioner is None else preconditioner
+    return jitted(rng, params, states, p, offset)
+
+  def sampling_fn(rng, params, states, offset=0, preconditioner=None):
+    x, nfe, _ = with_info(rng, params, states, offset, preconditioner)
+    return x, nfe
+
+  sampling_fn.with_info = with_info
+  sampling_fn.preconditioner = sampler.preconditioner
+  sampling_fn.sampler = sampler
+  sampling_fn.jitted = jitted
+  return sampling_fn

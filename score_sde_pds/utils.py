@@ -1,0 +1,81 @@
+"""Small file and config utilities: atomic writes, image grids, config records."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import tempfile
+from typing import Any
+
+import numpy as np
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+  """Writes `data` to `path` via a temporary file in the same folder and os.replace.
+
+  A reader (or a resumed run) sees either the old file or the complete new one.
+  """
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def atomic_save_npz(path: str, **arrays) -> None:
+  buf = io.BytesIO()
+  np.savez(buf, **arrays)
+  atomic_write_bytes(path, buf.getvalue())
+
+
+def atomic_write_json(path: str, obj: Any) -> None:
+  atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True, default=str) + '\n').encode())
+
+
+def to_uint8(images) -> np.ndarray:
+  """[0,1] float images -> uint8 by clip(x * 255).astype(uint8) (score_sde's quantisation)."""
+  return np.clip(np.asarray(images, np.float32) * 255., 0, 255).astype(np.uint8)
+
+
+def image_grid(images_uint8: np.ndarray, padding: int = 2) -> np.ndarray:
+  """(N,H,W,C) uint8 -> one (rows*(H+p)+p, cols*(W+p)+p, C) grid, nearly square."""
+  n, h, w, c = images_uint8.shape
+  cols = int(np.ceil(np.sqrt(n)))
+  rows = int(np.ceil(n / cols))
+  grid = np.zeros((rows * (h + padding) + padding, cols * (w + padding) + padding, c), np.uint8)
+  for k in range(n):
+    r, q = divmod(k, cols)
+    y, x = padding + r * (h + padding), padding + q * (w + padding)
+    grid[y:y + h, x:x + w] = images_uint8[k]
+  return grid
+
+
+def png_bytes(image_uint8: np.ndarray) -> bytes:
+  from PIL import Image
+  img = image_uint8[..., 0] if image_uint8.shape[-1] == 1 else image_uint8
+  buf = io.BytesIO()
+  Image.fromarray(img).save(buf, format='PNG')
+  return buf.getvalue()
+
+
+def config_to_dict(config) -> dict:
+  return json.loads(config.to_json_best_effort())
+
+
+def versions() -> dict:
+  import flax
+  import jax
+  import jaxlib
+  import score_sde_pds
+  return {'python': platform.python_version(), 'jax': jax.__version__,
+          'jaxlib': jaxlib.__version__, 'flax': flax.__version__,
+          'numpy': np.__version__, 'score_sde_pds': score_sde_pds.__version__}
