@@ -377,6 +377,9 @@ def get_pc_sampler(sde, shape, predictor, corrector, *, snr, n_steps=1,
     pds_mode: 'reference' (fudan-zvg/PDS) or 'marginal'. eta: marginal-mode weight.
     corrector_norm: 'batch' (global batch-mean norms, score_sde) or 'sample'.
     progress_every, progress_fn: host callback progress_fn(step) every k steps (0: off).
+    noise_source: optional noise_source(k, tag) -> (B,H,W,C) replacing the per-sample
+      Gaussian draws, to replay recorded noise (k = -1: prior; k = step; tag 0:
+      predictor, j + 1: corrector sub-step j).
   Returns:
     a `Sampler`: sampler(rng, score_fn, offset=0) -> (samples (B,H,W,C), nfe int).
   """
@@ -401,7 +404,7 @@ def get_pc_sampler(sde, shape, predictor, corrector, *, snr, n_steps=1,
                       probability_flow=probability_flow, snr=snr, n_steps=int(n_steps),
                       corrector_norm=corrector_norm, N=N, noise=noise, replicate=replicate)
     keys = shard(sample_keys(rng, offset, shape[0]))
-    z = noise(keys, 0)
+    z = noise(keys, 0) if noise_source is None else noise_source(-1, 0)
     prior = ctx.M(z) if not ctx.marginal else z
     x = shard(prior * _prior_std(sde))
     timesteps = jnp.linspace(sde.T, eps, N)
@@ -411,8 +414,10 @@ def get_pc_sampler(sde, shape, predictor, corrector, *, snr, n_steps=1,
       t = jnp.full((shape[0],), timesteps[k], x.dtype)
       i = N - 1 - k
       step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, k + 1)
-      x, x_mean = corrector_fn(ctx, x, t, i, step_keys)
-      x, x_mean = predictor_fn(ctx, x, t, i, step_keys)
+      sctx = ctx if noise_source is None else dataclasses.replace(
+          ctx, noise=lambda _, tag: noise_source(k, tag))
+      x, x_mean = corrector_fn(sctx, x, t, i, step_keys)
+      x, x_mean = predictor_fn(sctx, x, t, i, step_keys)
       x, x_mean = shard(x), shard(x_mean)
       bad = jnp.where((bad < 0) & ~_all_finite(x), k, bad)
       if progress_every and progress_fn is not None:
