@@ -361,7 +361,7 @@ def _check_common(shape, snr, n_steps, eps, sde):
 def get_pc_sampler(sde, shape, predictor, corrector, *, snr, n_steps=1,
                    probability_flow=False, denoise=True, eps=1e-3, preconditioner=None,
                    pds_mode='reference', eta=1.0, corrector_norm='batch',
-                   progress_every=0, progress_fn=None) -> Sampler:
+                   progress_every=0, progress_fn=None, noise_source=None) -> Sampler:
   """Predictor-corrector sampler (Song et al. 2021, Alg. 1-4; PDS Alg. 1).
 
   Args:
