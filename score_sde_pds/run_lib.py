@@ -64,8 +64,28 @@ def validate_config(config, workdir=None, mode='sample'):
     shape = (int(s.batch_size), size, size, ch)
     # builds (and so validates) predictor/corrector names, snr, n_steps, method, pds mode
     sampling.get_sampler_from_config(config, sde, shape, eps)
-    preconditioning.Preconditioner.from_config(config, workdir)
+    build_preconditioner(config, workdir)
   return sde, eps
+
+
+def build_preconditioner(config, workdir=None):
+  """The PDS operator of config.sampling.pds (identity when disabled).
+
+  For the analytic oracle with the statistics filter and no statistics files, the
+  oracle's exact statistics are used: R = log(1 + E|F x|^2), A = E[x^2] (data space).
+  """
+  from score_sde_pds import preconditioning
+  pds = config.sampling.pds
+  if (pds.enabled and config.model.name == 'analytic_gaussian' and pds.filter == 'statistics'
+      and not pds.freq_stats and not pds.space_stats):
+    from score_sde_pds.models import analytic
+    field = analytic.GaussianField.from_config(config)
+    size, ch = config.data.image_size, config.data.num_channels
+    return preconditioning.Preconditioner.from_statistics(
+        freq_stats=np.log1p(np.asarray(field.second_moment_spectrum())),
+        space_stats=np.asarray(field.pixel_second_moment()), alpha=float(pds.alpha),
+        shape=(size, size, ch), omega=float(pds.omega))
+  return preconditioning.Preconditioner.from_config(config, workdir)
 
 
 # ----------------------------------------------------------------------------- models
@@ -105,7 +125,7 @@ def _round_done(folder, r):
 
 def sample(config, workdir, sample_folder='samples'):
   """Draws config.sampling.num_samples samples into <workdir>/<sample_folder>/ (resumable)."""
-  from score_sde_pds import datasets, preconditioning
+  from score_sde_pds import datasets
   sde, eps = validate_config(config, workdir, mode='sample')
   s = config.sampling
   B, size, ch = int(s.batch_size), config.data.image_size, config.data.num_channels
@@ -116,7 +136,7 @@ def sample(config, workdir, sample_folder='samples'):
     utils.atomic_write_json(os.path.join(workdir, 'config.json'), utils.config_to_dict(config))
 
   model, states, params = load_model(config, workdir)
-  precond = preconditioning.Preconditioner.from_config(config, workdir)
+  precond = build_preconditioner(config, workdir)
   inverse_scaler = datasets.get_data_inverse_scaler(config)
   sampling_fn = sampling.get_sampling_fn(config, sde, model, (B, size, size, ch), eps,
                                          inverse_scaler=inverse_scaler, preconditioner=precond)
