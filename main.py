@@ -18,12 +18,16 @@ flags.DEFINE_enum('mode', 'sample', ['train', 'eval', 'sample'], 'What to run.')
 flags.DEFINE_string('sample_folder', 'samples', 'Sub-folder of workdir for samples.')
 flags.DEFINE_string('compilation_cache', os.path.join('~', '.cache', 'score_sde_pds_jax'),
                     "Persistent JAX compilation cache folder ('' to disable).")
+flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() first (multi-host '
+                  'GPU/TPU: one process per host; coordinator from the cluster environment).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   del argv
   import jax
+  if FLAGS.distributed:
+    jax.distributed.initialize()
   if FLAGS.compilation_cache:
     jax.config.update('jax_compilation_cache_dir', os.path.expanduser(FLAGS.compilation_cache))
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
