@@ -6,6 +6,7 @@ score_sde has, so an official config works as it is.
 from __future__ import annotations
 
 import difflib
+import functools
 from typing import Any, Callable
 
 import jax
@@ -97,8 +98,8 @@ def init_model(rng, config):
   fake_input = jnp.zeros(input_shape, jnp.float32)
   fake_label = jnp.zeros((1,), jnp.int32)
   params_rng, dropout_rng = jax.random.split(rng)
-  variables = model.init({'params': params_rng, 'dropout': dropout_rng}, fake_input, fake_label,
-                         train=False)
+  init = jax.jit(functools.partial(model.init, train=False))   # jitted: eager init is slow
+  variables = init({'params': params_rng, 'dropout': dropout_rng}, fake_input, fake_label)
   variables = dict(variables)
   params = variables.pop('params')
   return model, variables, params
