@@ -91,18 +91,65 @@ def build_preconditioner(config, workdir=None):
 # ----------------------------------------------------------------------------- models
 
 
+def _checkpoint_path(config, workdir):
+  return config.model.get('checkpoint', '') or os.path.join(workdir, 'checkpoints')
+
+
+def check_inputs(config, workdir):
+  """Fails fast, with ONE message, when the checkpoint or PDS statistics files are missing.
+
+  Says where each file must go and how to get it.
+  """
+  from score_sde_pds import checkpoints, preconditioning
+  missing = []
+  if config.model.name != 'analytic_gaussian':
+    try:
+      checkpoints.find_checkpoint(_checkpoint_path(config, workdir),
+                                  int(config.model.get('ckpt_id', 0) or 0) or None)
+    except FileNotFoundError as e:
+      missing.append(f'- model checkpoint: {e} Or set --config.model.checkpoint=PATH.')
+  pds = config.sampling.pds
+  if pds.enabled and pds.filter == 'statistics':
+    for key in ('freq_stats', 'space_stats'):
+      path = pds.get(key, '')
+      if not path:
+        continue
+      try:
+        preconditioning._resolve_path(path, workdir, f'config.sampling.pds.{key}')
+      except FileNotFoundError as e:
+        missing.append(
+            f'- PDS statistics: {e}. Put the file at {os.path.join(workdir, path)}: compute it '
+            f'with `python scripts/compute_pds_statistics.py --config <this config> '
+            f'--output_dir {os.path.join(workdir, os.path.dirname(path) or ".")}` from the '
+            'training data, or use the statistics files distributed with fudan-zvg/PDS '
+            '(same (C,H,W) .npy layout); or disable PDS with '
+            '--config.sampling.pds.enabled=False.')
+  if missing:
+    raise FileNotFoundError('missing inputs for sampling:\n' + '\n'.join(missing))
+
+
 def load_model(config, workdir):
   """Returns (model, states, params): the analytic oracle, or the network with the EMA
-  parameters of the official checkpoint at config.model.checkpoint or <workdir>/checkpoints."""
+  parameters of the official checkpoint at config.model.checkpoint or <workdir>/checkpoints.
+
+  Networks are not initialised (no forward pass at full size): the checkpoint is checked
+  against jax.eval_shape of the model's init.
+  """
   from score_sde_pds.models import utils as mutils
-  model, states, params = mutils.init_model(jax.random.PRNGKey(config.seed), config)
-  if getattr(model, 'is_analytic', False):
-    return model, states, params
+  model_cls = mutils.get_model(config.model.name)
+  if hasattr(model_cls, 'init_from_config'):
+    return mutils.init_model(jax.random.PRNGKey(config.seed), config)
   from score_sde_pds import checkpoints
-  path = config.model.get('checkpoint', '') or os.path.join(workdir, 'checkpoints')
+  model = model_cls(config=config)
+  shapes = jax.eval_shape(lambda r: mutils.init_model(r, config)[1], jax.random.PRNGKey(0))
+  if jax.tree_util.tree_leaves(shapes):
+    raise NotImplementedError(f'model {config.model.name!r} has non-parameter state '
+                              f'{list(shapes)}; restoring it is not implemented.')
   ckpt_id = int(config.model.get('ckpt_id', 0) or 0) or None
-  params = checkpoints.restore_official(path, config, ckpt_id=ckpt_id)
-  return model, states, params
+  params = checkpoints.restore_official(_checkpoint_path(config, workdir), config,
+                                        ckpt_id=ckpt_id)
+  params = jax.tree.map(jnp.asarray, params)
+  return model, {}, params
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -126,6 +173,7 @@ def _round_done(folder, r):
 def sample(config, workdir, sample_folder='samples'):
   """Draws config.sampling.num_samples samples into <workdir>/<sample_folder>/ (resumable)."""
   from score_sde_pds import datasets
+  check_inputs(config, workdir)
   sde, eps = validate_config(config, workdir, mode='sample')
   s = config.sampling
   B, size, ch = int(s.batch_size), config.data.image_size, config.data.num_channels
@@ -236,7 +284,6 @@ def evaluate(config, workdir, sample_folder='samples'):
 
 
 def train(config, workdir):
-  """Training is not part of this project yet (it samples pretrained official models)."""
-  raise NotImplementedError(
-      'train: this project samples pretrained official checkpoints; training is not '
-      'implemented yet. Use --mode sample or --mode eval.')
+  """Denoising score matching training (score_sde_pds.train_lib), resumable."""
+  from score_sde_pds import train_lib
+  return train_lib.train(config, workdir)
