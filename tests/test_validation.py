@@ -84,3 +84,21 @@ def test_diverging_round_is_not_saved(tmp_path):
   with pytest.raises(run_lib.SamplingDivergedError, match=r'round 0 .*step \d+ of 60'):
     run_lib.sample(cfg, str(tmp_path))
   assert not os.path.exists(tmp_path / 'samples' / 'samples_0.npz')
+
+
+def test_paper_config_without_checkpoint_says_where_files_go(tmp_path):
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  res = subprocess.run(
+      [sys.executable, os.path.join(root, 'main.py'),
+       f'--config={os.path.join(root, "configs", "ve", "ffhq_ncsnpp.py")}',
+       f'--workdir={tmp_path}', '--mode=sample', '--compilation_cache='],
+      capture_output=True, text=True, timeout=300)
+  assert res.returncode == 1
+  err = res.stderr
+  assert 'Traceback' not in err
+  assert 'checkpoints/checkpoint_<k>' in err and 'checkpoint.pth' in err
+  assert os.path.join(str(tmp_path), 'pds_stats', 'ffhq_freq.npy') in err
+  assert os.path.join(str(tmp_path), 'pds_stats', 'ffhq_space.npy') in err
+  assert 'compute_pds_statistics.py' in err
