@@ -197,7 +197,7 @@ def model_param_shapes(config) -> dict:
   captured = []
 
   def init_params(rng):
-    _, _, params = mutils.init_model(rng, config)
+    _, _, params = mutils.init_model(rng, config, jit=False)
     captured.append([p for p, _ in _flatten(params)])
     return params
 

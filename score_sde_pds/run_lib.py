@@ -141,7 +141,8 @@ def load_model(config, workdir):
     return mutils.init_model(jax.random.PRNGKey(config.seed), config)
   from score_sde_pds import checkpoints
   model = model_cls(config=config)
-  shapes = jax.eval_shape(lambda r: mutils.init_model(r, config)[1], jax.random.PRNGKey(0))
+  shapes = jax.eval_shape(lambda r: mutils.init_model(r, config, jit=False)[1],
+                          jax.random.PRNGKey(0))
   if jax.tree_util.tree_leaves(shapes):
     raise NotImplementedError(f'model {config.model.name!r} has non-parameter state '
                               f'{list(shapes)}; restoring it is not implemented.')

@@ -83,8 +83,11 @@ def get_ddpm_params(config) -> dict:
   }
 
 
-def init_model(rng, config):
+def init_model(rng, config, jit: bool = True):
   """Initialises the model named by `config.model.name`.
+
+  `jit=False` runs `model.init` as traced Python (use it inside jax.eval_shape: the
+  parameter dicts then keep their creation order, which jit's outputs do not).
 
   Returns:
     (model, model_state, params): the flax module, its non-param collections (dict,
@@ -98,7 +101,9 @@ def init_model(rng, config):
   fake_input = jnp.zeros(input_shape, jnp.float32)
   fake_label = jnp.zeros((1,), jnp.int32)
   params_rng, dropout_rng = jax.random.split(rng)
-  init = jax.jit(functools.partial(model.init, train=False))   # jitted: eager init is slow
+  init = functools.partial(model.init, train=False)
+  if jit:
+    init = jax.jit(init)   # eager init of a large model is slow
   variables = init({'params': params_rng, 'dropout': dropout_rng}, fake_input, fake_label)
   variables = dict(variables)
   params = variables.pop('params')
