@@ -119,6 +119,8 @@ class StepContext:
     snr, n_steps, corrector_norm: Langevin settings. N: number of steps.
     noise: noise(keys, tag) -> z (B,...), the per-sample Gaussian draw.
     replicate: puts a (B,) array on every device before a batch reduction.
+    local: local(fn)(p, v) runs fn(p, v) -> (B,...) on each device's shard of the
+      batch-sharded v (p replicated): XLA does not split FFTs over the batch.
   """
   sde: Any
   score_fn: Callable
@@ -132,12 +134,17 @@ class StepContext:
   N: int
   noise: Callable
   replicate: Callable
+  local: Callable = lambda fn: fn
 
   def M(self, z):
-    return z if self.precond is None else self.precond.noise(z)
+    if self.precond is None or self.precond.is_identity:
+      return z
+    return self.local(lambda p, v: p.noise(v))(self.precond, z)
 
   def MMt(self, g):
-    return g if self.precond is None else self.precond.drift(g)
+    if self.precond is None or self.precond.is_identity:
+      return g
+    return self.local(lambda p, v: p.drift(v))(self.precond, g)
 
   @property
   def marginal(self):
@@ -281,12 +288,22 @@ def _data_mesh():
   return jax.sharding.Mesh(devices, ('data',))
 
 
+def _no_local(fn, in_specs=None):
+  del in_specs
+  return fn
+
+
 def _sharders(batch_size: int):
-  """(shard, replicate) functions for a (B,...) batch over all devices on axis 'data'."""
+  """(shard, replicate, local) functions for a (B,...) batch over all devices on axis 'data'.
+
+  local(fn)(p, v): fn(p, v) run per device on its (B/n,...) shard of v with p
+  replicated (shard_map); the SPMD partitioners all-gather FFT operands and compute
+  every FFT on the whole batch on every device, so batch-local FFT work goes through it.
+  """
   n = jax.device_count()
   if n == 1:
     ident = lambda v: v
-    return ident, ident
+    return ident, ident, _no_local
   if batch_size % n:
     raise ValueError(f'batch size {batch_size} (config.sampling.batch_size) must be divisible '
                      f'by the number of devices {n}.')
@@ -295,7 +312,9 @@ def _sharders(batch_size: int):
   spec_r = NamedSharding(mesh, PartitionSpec())
   shard = lambda v: jax.lax.with_sharding_constraint(v, spec_b)
   replicate = lambda v: jax.lax.with_sharding_constraint(v, spec_r)
-  return shard, replicate
+  local = lambda fn, in_specs=(PartitionSpec(), PartitionSpec('data')): jax.shard_map(
+      fn, mesh=mesh, in_specs=in_specs, out_specs=PartitionSpec('data'))
+  return shard, replicate, local
 
 
 def sample_keys(rng, offset, batch_size):
@@ -396,13 +415,16 @@ def get_pc_sampler(sde, shape, predictor, corrector, *, snr, n_steps=1,
   N = sde.N
   shape = tuple(int(s) for s in shape)
   nfe = N * (_PREDICTOR_NFE[pred_name] + _CORRECTOR_NFE[corr_name] * int(n_steps))
-  shard, replicate = _sharders(shape[0])
+  shard, replicate, local = _sharders(shape[0])
   noise = _normal_fn(shape)
 
   def run(rng, score_fn, precond=None, offset=0):
+    if local is not _no_local:
+      score_fn = local(score_fn, (PartitionSpec('data'), PartitionSpec('data')))
     ctx = StepContext(sde=sde, score_fn=score_fn, precond=precond, mode=pds_mode, eta=eta,
                       probability_flow=probability_flow, snr=snr, n_steps=int(n_steps),
-                      corrector_norm=corrector_norm, N=N, noise=noise, replicate=replicate)
+                      corrector_norm=corrector_norm, N=N, noise=noise, replicate=replicate,
+                      local=local)
     keys = shard(sample_keys(rng, offset, shape[0]))
     z = noise(keys, 0) if noise_source is None else noise_source(-1, 0)
     prior = ctx.M(z) if not ctx.marginal else z
@@ -466,11 +488,13 @@ def get_ode_sampler(sde, shape, *, rtol=1e-5, atol=1e-5, method='RK45', eps=1e-3
   _check_common(shape, 1., 1, eps, sde)
   shape = tuple(int(s) for s in shape)
   B = shape[0]
-  shard, _ = _sharders(B)
+  shard, _, local = _sharders(B)
   noise = _normal_fn(shape)
 
   def run(rng, score_fn, precond=None, offset=0):
     del precond  # the probability-flow ODE is not preconditioned
+    if local is not _no_local:
+      score_fn = local(score_fn, (PartitionSpec('data'), PartitionSpec('data')))
     rsde = sde.reverse(score_fn, probability_flow=True)
     keys = shard(sample_keys(rng, offset, B))
     y0 = shard(noise(keys, 0) * _prior_std(sde))
