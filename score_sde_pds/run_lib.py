@@ -182,6 +182,9 @@ def sample(config, workdir, sample_folder='samples'):
   is_writer = jax.process_index() == 0
   if is_writer:
     os.makedirs(folder, exist_ok=True)
+    for name in os.listdir(folder):   # temporaries of a killed run
+      if name.startswith('.') and name.endswith('.tmp'):
+        os.remove(os.path.join(folder, name))
     utils.atomic_write_json(os.path.join(workdir, 'config.json'), utils.config_to_dict(config))
 
   model, states, params = load_model(config, workdir)
