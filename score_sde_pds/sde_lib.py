@@ -38,6 +38,10 @@ class SDE(abc.ABC):
 
   N: int
 
+  def __post_init__(self):  # called by the dataclass __init__ of every subclass
+    if not isinstance(self.N, (int, np.integer)) or self.N < 1:
+      raise ValueError(f'SDE N (config.model.num_scales) must be an integer >= 1, got {self.N!r}.')
+
   @property
   def T(self) -> float:
     return 1.0
@@ -113,42 +117,47 @@ def _gaussian_prior_logp(z, std):
 
 
 @flax.struct.dataclass
-class VPSDE(SDE):
-  """Variance-preserving SDE dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw,
-  beta(t) = beta_min + t (beta_max - beta_min) (DDPM in continuous time)."""
+class _BetaSDE(SDE):
+  """Shared by VPSDE and subVPSDE: the linear schedule beta(t) = beta_min + t (beta_max -
+  beta_min), its DDPM discretisation and the mean coefficient exp(-1/2 int_0^t beta)."""
   beta_min: float = 0.1
   beta_max: float = 20.
   N: int = flax.struct.field(pytree_node=False, default=1000)
 
-  def __post_init__(self):
-    if not isinstance(self.N, (int, np.integer)) or self.N < 1:
-      raise ValueError(f'SDE N (config.model.num_scales) must be an integer >= 1, got {self.N!r}.')
-
   @property
   def discrete_betas(self):
-    """(N,) DDPM betas beta_i = beta_min/N + i (beta_max - beta_min)/(N (N-1))."""
+    """(N,) DDPM betas, linspace(beta_min / N, beta_max / N, N)."""
     return jnp.linspace(self.beta_min / self.N, self.beta_max / self.N, self.N)
 
   @property
   def alphas(self):
     return 1. - self.discrete_betas
 
-  def sde(self, x, t):
-    beta_t = self.beta_min + t * (self.beta_max - self.beta_min)
-    return -0.5 * _bcast(beta_t, x) * x, jnp.sqrt(beta_t)
+  def _beta(self, t):
+    return self.beta_min + t * (self.beta_max - self.beta_min)
 
   def _log_mean_coeff(self, t):
     return -0.25 * t ** 2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
-
-  def marginal_prob(self, x, t):
-    lmc = self._log_mean_coeff(t)
-    return _bcast(jnp.exp(lmc), x) * x, jnp.sqrt(1. - jnp.exp(2. * lmc))
 
   def prior_sampling(self, rng, shape):
     return jax.random.normal(rng, shape)
 
   def prior_logp(self, z):
     return _gaussian_prior_logp(z, 1.)
+
+
+@flax.struct.dataclass
+class VPSDE(_BetaSDE):
+  """Variance-preserving SDE dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw (DDPM in
+  continuous time; Song et al. 2021 Eq. 11)."""
+
+  def sde(self, x, t):
+    beta_t = self._beta(t)
+    return -0.5 * _bcast(beta_t, x) * x, jnp.sqrt(beta_t)
+
+  def marginal_prob(self, x, t):
+    lmc = self._log_mean_coeff(t)
+    return _bcast(jnp.exp(lmc), x) * x, jnp.sqrt(1. - jnp.exp(2. * lmc))
 
   def discretize(self, x, t, i):
     """DDPM step: f = (sqrt(alpha_i) - 1) x, G = sqrt(beta_i)."""
@@ -160,41 +169,18 @@ class VPSDE(SDE):
 
 
 @flax.struct.dataclass
-class subVPSDE(SDE):  # pylint: disable=invalid-name
-  """sub-VP SDE dx = -1/2 beta(t) x dt + sqrt(beta(t) (1 - exp(-2 int_0^t beta))) dw."""
-  beta_min: float = 0.1
-  beta_max: float = 20.
-  N: int = flax.struct.field(pytree_node=False, default=1000)
-
-  def __post_init__(self):
-    if not isinstance(self.N, (int, np.integer)) or self.N < 1:
-      raise ValueError(f'SDE N (config.model.num_scales) must be an integer >= 1, got {self.N!r}.')
-
-  @property
-  def discrete_betas(self):
-    return jnp.linspace(self.beta_min / self.N, self.beta_max / self.N, self.N)
-
-  @property
-  def alphas(self):
-    return 1. - self.discrete_betas
+class subVPSDE(_BetaSDE):  # pylint: disable=invalid-name
+  """sub-VP SDE dx = -1/2 beta(t) x dt + sqrt(beta(t) (1 - exp(-2 int_0^t beta))) dw
+  (Song et al. 2021 Eq. 12); discretised by Euler-Maruyama."""
 
   def sde(self, x, t):
-    beta_t = self.beta_min + t * (self.beta_max - self.beta_min)
+    beta_t = self._beta(t)
     discount = 1. - jnp.exp(-2 * self.beta_min * t - (self.beta_max - self.beta_min) * t ** 2)
     return -0.5 * _bcast(beta_t, x) * x, jnp.sqrt(beta_t * discount)
-
-  def _log_mean_coeff(self, t):
-    return -0.25 * t ** 2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
 
   def marginal_prob(self, x, t):
     lmc = self._log_mean_coeff(t)
     return _bcast(jnp.exp(lmc), x) * x, 1. - jnp.exp(2. * lmc)
-
-  def prior_sampling(self, rng, shape):
-    return jax.random.normal(rng, shape)
-
-  def prior_logp(self, z):
-    return _gaussian_prior_logp(z, 1.)
 
 
 @flax.struct.dataclass
@@ -204,10 +190,6 @@ class VESDE(SDE):
   sigma_min: float = 0.01
   sigma_max: float = 50.
   N: int = flax.struct.field(pytree_node=False, default=1000)
-
-  def __post_init__(self):
-    if not isinstance(self.N, (int, np.integer)) or self.N < 1:
-      raise ValueError(f'SDE N (config.model.num_scales) must be an integer >= 1, got {self.N!r}.')
 
   @property
   def discrete_sigmas(self):

@@ -1,41 +1,13 @@
 """Shared settings of the NCSNv2 configs (score_sde's `configs/ve/ncsnv2/*.py`).
 
-`get_dataset_defaults(name)` gives score_sde's dataset defaults (its
-`default_{cifar10,celeba,lsun}_configs.py` values) applied on top of
-`configs.default_configs.get_default_configs()`, so every common key exists.
+`get_dataset_defaults(name)` gives score_sde's dataset defaults: the project's
+`configs/default_{cifar10,lsun}_configs.py`, and score_sde's CelebA values applied on
+top of `configs.default_configs.get_default_configs()`, so every common key exists.
 `set_ncsnv2(config)` then sets what the three official NCSNv2 configs share: discrete
 VE training, annealed Langevin dynamics sampling (no predictor, 'ald' corrector), the
 RefineNet hyper-parameters and the NCSNv2 optimiser.
 """
-from configs import default_configs
-
-
-def _cifar10(config):
-  """score_sde's CIFAR-10 defaults that differ from the common defaults."""
-  evaluate = config.eval
-  evaluate.begin_ckpt = 9
-  evaluate.end_ckpt = 26
-  evaluate.batch_size = 1024
-  evaluate.enable_sampling = False
-  evaluate.num_samples = 50000
-  evaluate.enable_loss = True
-  evaluate.enable_bpd = False
-  evaluate.bpd_dataset = 'test'
-
-  data = config.data
-  data.dataset = 'CIFAR10'
-  data.image_size = 32
-  data.random_flip = True
-  data.centered = False
-  data.uniform_dequantization = False
-  data.num_channels = 3
-
-  config.model.sigma_min = 0.01
-  config.model.sigma_max = 50.
-  config.model.num_scales = 1000
-  config.model.dropout = 0.1
-  config.sampling.snr = 0.16
-  return config
+from configs import default_cifar10_configs, default_configs, default_lsun_configs
 
 
 def _celeba(config):
@@ -66,47 +38,18 @@ def _celeba(config):
   return config
 
 
-def _lsun(config):
-  """score_sde's LSUN defaults (256 px; the NCSNv2 bedroom config overrides the size)."""
-  training = config.training
-  training.batch_size = 64
-  training.n_iters = 2400001
-  training.snapshot_freq_for_preemption = 5000
-
-  evaluate = config.eval
-  evaluate.begin_ckpt = 50
-  evaluate.end_ckpt = 96
-  evaluate.batch_size = 512
-  evaluate.enable_sampling = True
-  evaluate.num_samples = 50000
-  evaluate.enable_loss = True
-  evaluate.enable_bpd = False
-  evaluate.bpd_dataset = 'test'
-
-  data = config.data
-  data.dataset = 'LSUN'
-  data.image_size = 256
-  data.random_flip = True
-  data.centered = False
-  data.uniform_dequantization = False
-  data.num_channels = 3
-
-  config.model.sigma_min = 0.01
-  config.model.sigma_max = 378.
-  config.model.num_scales = 2000
-  config.model.dropout = 0.
-  config.sampling.snr = 0.075
-  return config
-
-
-_DATASETS = {'cifar10': _cifar10, 'celeba': _celeba, 'lsun': _lsun}
+_DATASETS = {
+    'cifar10': default_cifar10_configs.get_default_configs,
+    'celeba': lambda: _celeba(default_configs.get_default_configs()),
+    'lsun': default_lsun_configs.get_default_configs,
+}
 
 
 def get_dataset_defaults(name):
   """Common defaults with score_sde's dataset defaults for `name` (cifar10|celeba|lsun)."""
   if name not in _DATASETS:
     raise ValueError(f'unknown NCSNv2 dataset defaults {name!r}; valid: {sorted(_DATASETS)}.')
-  return _DATASETS[name](default_configs.get_default_configs())
+  return _DATASETS[name]()
 
 
 def set_ncsnv2(config):
