@@ -49,6 +49,7 @@ def validate_config(config, workdir=None, mode='sample'):
     raise ValueError(f'config.data.image_size must be a positive integer, got {size!r}.')
   if not (isinstance(ch, int) and ch >= 1):
     raise ValueError(f'config.data.num_channels must be a positive integer, got {ch!r}.')
+  mutils.check_model_config(config)
   if int(config.model.num_scales) < 1:
     raise ValueError(f'config.model.num_scales must be >= 1, got {config.model.num_scales!r}.')
   sde, eps = sde_lib.get_sde(config)

@@ -102,3 +102,12 @@ def test_paper_config_without_checkpoint_says_where_files_go(tmp_path):
   assert os.path.join(str(tmp_path), 'pds_stats', 'ffhq_freq.npy') in err
   assert os.path.join(str(tmp_path), 'pds_stats', 'ffhq_space.npy') in err
   assert 'compute_pds_statistics.py' in err
+
+
+def test_image_size_the_model_cannot_take():
+  from configs.ve import cifar10_ncsnpp_continuous
+  cfg = cifar10_ncsnpp_continuous.get_config()
+  cfg.data.image_size = 36
+  with pytest.raises(ValueError, match=r'image_size=36 .*ncsnpp.*ch_mult=\(1, 2, 2, 2\).*divisible'
+                                       r'.* 8'):
+    run_lib.validate_config(cfg)

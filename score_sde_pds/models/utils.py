@@ -56,6 +56,30 @@ def get_model(name: str):
   return _MODELS[name]
 
 
+def check_model_config(config) -> None:
+  """Raises ValueError when config.data.image_size cannot be taken by the config's model.
+
+  Cheap (no tracing): NCSN++/DDPM++/DDPM downsample len(ch_mult) - 1 times by 2, so the
+  size must be divisible by 2**(len(ch_mult) - 1); NCSNv2 variants need their own multiple.
+  """
+  name = config.model.name
+  get_model(name)
+  size = config.data.image_size
+  if name in ('ncsnpp', 'ddpm'):
+    ch_mult = tuple(config.model.ch_mult)
+    div = 2 ** (len(ch_mult) - 1)
+    if size % div:
+      raise ValueError(
+          f'config.data.image_size={size} cannot be taken by model {name!r} with '
+          f'config.model.ch_mult={ch_mult}: it must be divisible by 2**(len(ch_mult) - 1) = {div}.')
+  elif name.startswith('ncsnv2'):
+    from score_sde_pds.models import ncsnv2
+    div = ncsnv2.size_divisor(name)
+    if size % div:
+      raise ValueError(f'config.data.image_size={size} is not supported by {name}: it must be '
+                       f'a multiple of {div}.')
+
+
 def get_sigmas(config) -> np.ndarray:
   """Descending noise levels of the discrete VE model, shape (num_scales,).
 
