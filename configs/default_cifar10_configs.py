@@ -56,7 +56,7 @@ def get_default_configs():
   model.embedding_type = 'fourier'
 
   optim = config.optim
-  optim.weight_decay = 0
+  optim.weight_decay = 0.
   optim.optimizer = 'Adam'
   optim.lr = 2e-4
   optim.beta1 = 0.9

@@ -71,7 +71,7 @@ def set_ncsnv2(config):
   model.interpolation = 'bilinear'
 
   optim = config.optim
-  optim.weight_decay = 0
+  optim.weight_decay = 0.
   optim.optimizer = 'Adam'
   optim.lr = 1e-4
   optim.beta1 = 0.9
