@@ -614,7 +614,7 @@ def get_sampling_fn(config, sde, model, shape, eps, inverse_scaler=None, precond
     x, nfe, info = sampler.run(rng, score_fn, precond=precond, offset=offset)
     return inverse_scaler(x), nfe, info
 
-  jitted = jax.jit(body, donate_argnums=())
+  jitted = jax.jit(body)
 
   def with_info(rng, params, states, offset=0, preconditioner=None):
     p = sampler.preconditioner if preconditioner is None else preconditioner

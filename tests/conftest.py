@@ -10,6 +10,3 @@ import jax  # noqa: E402
 
 jax.config.update('jax_compilation_cache_dir', os.path.join(ROOT, '.jax_cache'))
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
-
-FIXTURES = os.path.join(ROOT, 'tests', 'fixtures')
-SHARED = os.path.join(os.path.dirname(ROOT), 'shared', 'fixtures')
