@@ -28,9 +28,8 @@ def main(argv):
   import jax
   if FLAGS.distributed:
     jax.distributed.initialize()
-  if FLAGS.compilation_cache:
-    jax.config.update('jax_compilation_cache_dir', os.path.expanduser(FLAGS.compilation_cache))
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+  from score_sde_pds import utils as _utils
+  _utils.enable_compilation_cache(FLAGS.compilation_cache)
   from score_sde_pds import run_lib
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
   os.makedirs(FLAGS.workdir, exist_ok=True)

@@ -40,8 +40,8 @@ def validate_config(config, workdir=None, mode='sample'):
   Returns (sde, eps).
   """
   from score_sde_pds.models import utils as mutils
-  from score_sde_pds import datasets, preconditioning
-  mutils.get_model(config.model.name)          # unknown model names
+  from score_sde_pds import datasets
+  mutils.check_model_config(config)            # unknown model names, image sizes it cannot take
   if str(config.data.dataset).upper() != 'GAUSSIAN_FIELD':
     datasets.check_dataset_name(config)
   size, ch = config.data.image_size, config.data.num_channels
@@ -49,7 +49,6 @@ def validate_config(config, workdir=None, mode='sample'):
     raise ValueError(f'config.data.image_size must be a positive integer, got {size!r}.')
   if not (isinstance(ch, int) and ch >= 1):
     raise ValueError(f'config.data.num_channels must be a positive integer, got {ch!r}.')
-  mutils.check_model_config(config)
   if int(config.model.num_scales) < 1:
     raise ValueError(f'config.model.num_scales must be >= 1, got {config.model.num_scales!r}.')
   sde, eps = sde_lib.get_sde(config)

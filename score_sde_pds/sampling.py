@@ -40,7 +40,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp

@@ -11,6 +11,15 @@ from typing import Any
 import numpy as np
 
 
+def enable_compilation_cache(path: str, min_compile_seconds: float = 1.0) -> None:
+  """Turns on JAX's persistent compilation cache in `path` ('' leaves it off)."""
+  if not path:
+    return
+  import jax
+  jax.config.update('jax_compilation_cache_dir', os.path.expanduser(path))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', min_compile_seconds)
+
+
 def atomic_write_bytes(path: str, data: bytes) -> None:
   """Writes `data` to `path` via a temporary file in the same folder and os.replace.
 

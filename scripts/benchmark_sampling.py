@@ -361,10 +361,8 @@ def format_table(res):
 
 def main(argv):
   del argv
-  import jax
-  if FLAGS.compilation_cache:
-    jax.config.update('jax_compilation_cache_dir', os.path.expanduser(FLAGS.compilation_cache))
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+  from score_sde_pds import utils as _utils
+  _utils.enable_compilation_cache(FLAGS.compilation_cache)
   config = FLAGS.config
   if FLAGS.dtype:
     config.model.dtype = FLAGS.dtype
