@@ -37,7 +37,8 @@ def validate_config(config, workdir=None, mode='sample'):
   """Checks every config value used by `mode` before any compute.
 
   Raises ValueError / FileNotFoundError naming the key, the value and what is allowed.
-  Returns (sde, eps).
+  Returns (sde, eps, preconditioner); the preconditioner (statistics files read once) is
+  None unless mode is 'sample' or 'eval'.
   """
   from score_sde_pds.models import utils as mutils
   from score_sde_pds import datasets
@@ -52,6 +53,7 @@ def validate_config(config, workdir=None, mode='sample'):
   if int(config.model.num_scales) < 1:
     raise ValueError(f'config.model.num_scales must be >= 1, got {config.model.num_scales!r}.')
   sde, eps = sde_lib.get_sde(config)
+  precond = None
   s = config.sampling
   if mode in ('sample', 'eval'):
     if int(s.batch_size) < 1:
@@ -64,8 +66,8 @@ def validate_config(config, workdir=None, mode='sample'):
     shape = (int(s.batch_size), size, size, ch)
     # builds (and so validates) predictor/corrector names, snr, n_steps, method, pds mode
     sampling.get_sampler_from_config(config, sde, shape, eps)
-    build_preconditioner(config, workdir)
-  return sde, eps
+    precond = build_preconditioner(config, workdir)
+  return sde, eps, precond
 
 
 def build_preconditioner(config, workdir=None):
@@ -175,7 +177,7 @@ def sample(config, workdir, sample_folder='samples'):
   """Draws config.sampling.num_samples samples into <workdir>/<sample_folder>/ (resumable)."""
   from score_sde_pds import datasets
   check_inputs(config, workdir)
-  sde, eps = validate_config(config, workdir, mode='sample')
+  sde, eps, precond = validate_config(config, workdir, mode='sample')
   s = config.sampling
   B, size, ch = int(s.batch_size), config.data.image_size, config.data.num_channels
   folder = os.path.join(workdir, sample_folder)
@@ -188,7 +190,6 @@ def sample(config, workdir, sample_folder='samples'):
     utils.atomic_write_json(os.path.join(workdir, 'config.json'), utils.config_to_dict(config))
 
   model, states, params = load_model(config, workdir)
-  precond = build_preconditioner(config, workdir)
   inverse_scaler = datasets.get_data_inverse_scaler(config)
   sampling_fn = sampling.get_sampling_fn(config, sde, model, (B, size, size, ch), eps,
                                          inverse_scaler=inverse_scaler, preconditioner=precond)
