@@ -411,6 +411,39 @@ def _allowed_globals():
 _ALLOWED = _allowed_globals()
 
 
+class _RestrictedUnpickler(pickle.Unpickler):
+  """Unpickler of torch files: only `_ALLOWED` globals; storages become lazy records of
+  `reader` (``reader.storage(key, dtype, numel)``)."""
+
+  def __init__(self, f, reader):
+    super().__init__(f, encoding='utf-8')
+    self.reader = reader
+
+  def find_class(self, module, name):
+    try:
+      return _ALLOWED[(module, name)]
+    except KeyError:
+      raise CheckpointError(
+          f'{self.reader.file}: refusing to load: its pickle references the global '
+          f'{module}.{name}, which a score_sde_pytorch checkpoint does not contain '
+          '(allowed: torch tensors and storages, collections.OrderedDict, numpy scalars '
+          'and dtypes). A .pth file is a pickle and unknown globals could run code; '
+          'if you trust the file, re-save just its tensors with torch.') from None
+
+  def persistent_load(self, pid):
+    # zip: ('storage', type, key, location, numel); legacy: the same + view_metadata
+    if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == 'storage'):
+      raise pickle.UnpicklingError(f'unsupported persistent id {pid!r:.80}')
+    storage_type, key, _, numel = pid[1:5]
+    if not isinstance(storage_type, _StorageType):
+      raise pickle.UnpicklingError(f'unsupported storage type {storage_type!r:.80}')
+    if storage_type.dtype is None:
+      raise pickle.UnpicklingError('a TypedStorage without dtype cannot be read')
+    if len(pid) > 5 and pid[5] is not None:
+      raise pickle.UnpicklingError('storage views (pre-1.0 torch files) are not supported')
+    return self.reader.storage(str(key), storage_type.dtype, int(numel))
+
+
 class _TorchZipReader:
   """Reads a torch zip archive (``torch.save`` since torch 1.6) without torch."""
 
@@ -448,34 +481,9 @@ class _TorchZipReader:
 
   def load(self):
     """Unpickles data.pkl with the restricted unpickler; tensors stay lazy."""
-    reader = self
-
-    class _Unpickler(pickle.Unpickler):
-
-      def find_class(self, module, name):
-        try:
-          return _ALLOWED[(module, name)]
-        except KeyError:
-          raise CheckpointError(
-              f'{reader.file}: refusing to load: its pickle references the global '
-              f'{module}.{name}, which a score_sde_pytorch checkpoint does not contain '
-              '(allowed: torch tensors and storages, collections.OrderedDict, numpy scalars '
-              'and dtypes). A .pth file is a pickle and unknown globals could run code; '
-              'if you trust the file, re-save just its tensors with torch.') from None
-
-      def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == 'storage'):
-          raise pickle.UnpicklingError(f'unsupported persistent id {pid!r:.80}')
-        storage_type, key, _, numel = pid[1:5]
-        if not isinstance(storage_type, _StorageType):
-          raise pickle.UnpicklingError(f'unsupported storage type {storage_type!r:.80}')
-        if storage_type.dtype is None:
-          raise pickle.UnpicklingError('a TypedStorage without dtype cannot be read')
-        return reader.storage(str(key), storage_type.dtype, int(numel))
-
     try:
       with self.zf.open(self.pkl_name) as f:
-        return _Unpickler(f, encoding='utf-8').load()
+        return _RestrictedUnpickler(f, self).load()
     except CheckpointError:
       raise
     except Exception as e:  # truncated / corrupt pickle, bad zip member, ...
@@ -509,6 +517,82 @@ class _TorchZipReader:
     return arr
 
 
+_LEGACY_MAGIC_NUMBER = 0x1950a86a20f9469cfc6c
+_LEGACY_PROTOCOL = 1001
+
+
+class _TorchLegacyReader:
+  """Reads a pre-1.6 ``torch.save`` file (not a zip) without torch.
+
+  Layout: five consecutive pickles -- the magic number, the protocol version 1001, a
+  system-info dict, the object (storages as persistent ids) and the list of storage
+  keys -- then, for each key in that order, the storage's element count (int64) and its
+  raw little-endian bytes. The pytorch-fid Inception weights are such a file.
+  """
+
+  def __init__(self, file):
+    self.file = file
+    self.f = open(file, 'rb')
+    self.storages, self.offsets = {}, {}
+    self._last = (None, None)
+
+  def close(self):
+    self.f.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+  def load(self):
+    f = self.f
+    try:
+      head = [_RestrictedUnpickler(f, self).load() for _ in range(3)]
+      if head[0] != _LEGACY_MAGIC_NUMBER or head[1] != _LEGACY_PROTOCOL:
+        raise CheckpointError(f'{self.file}: not a legacy torch file (magic number '
+                              f'{head[0]!r:.40}, protocol {head[1]!r:.40}).')
+      obj = _RestrictedUnpickler(f, self).load()
+      keys = _RestrictedUnpickler(f, self).load()
+      size = os.fstat(f.fileno()).st_size
+      for key in keys:
+        storage = self.storages[str(key)]
+        header = f.read(8)
+        numel = int.from_bytes(header, 'little', signed=True) if len(header) == 8 else -1
+        nbytes = storage.numel * _np_dtype(storage.dtype).itemsize
+        if numel != storage.numel or f.tell() + nbytes > size:
+          raise CheckpointError(
+              f'{self.file}: storage {key!r} holds {max(numel, 0)} elements and ends at byte '
+              f'{f.tell() + nbytes} of {size}; expected {storage.numel} elements '
+              '(truncated or corrupt file?).')
+        self.offsets[storage.key] = f.tell()
+        f.seek(nbytes, os.SEEK_CUR)
+      return obj
+    except CheckpointError:
+      raise
+    except Exception as e:  # truncated / corrupt pickles, unknown storage key, ...
+      raise CheckpointError(f'{self.file}: cannot read this legacy (pre-1.6) torch file '
+                            f'(corrupt or truncated?): {type(e).__name__}: {e}') from e
+
+  def storage(self, key, dtype, numel):
+    if key not in self.storages:
+      self.storages[key] = _Storage(self, key, dtype, numel)
+    return self.storages[key]
+
+  def storage_array(self, storage) -> np.ndarray:
+    if self._last[0] == storage.key:
+      return self._last[1]
+    dtype = _np_dtype(storage.dtype)
+    if dtype.itemsize > 1 and dtype.name != 'bfloat16':
+      dtype = dtype.newbyteorder('<')
+    self.f.seek(self.offsets[storage.key])
+    arr = np.frombuffer(self.f.read(storage.numel * dtype.itemsize), dtype=dtype)
+    if not arr.dtype.isnative:
+      arr = arr.astype(dtype.newbyteorder('='))
+    self._last = (storage.key, arr)
+    return arr
+
+
 def _materialize(obj):
   if isinstance(obj, TorchTensor):
     return obj.numpy()
@@ -531,7 +615,8 @@ def load_torch_checkpoint(path, keys: Optional[Iterable[str]] = None, *, use_tor
     keys: if the archive holds a dict, only these top-level entries are read (missing
       ones are left out); ``None`` reads everything.
     use_torch: use ``torch.load(weights_only=True)`` (numpy globals allowed) instead of
-      the built-in reader; needs torch. Legacy (pre-1.6, non-zip) files always need it.
+      the built-in reader, which reads zip archives (torch >= 1.6) and legacy (pre-1.6,
+      non-zip) files; needs torch.
 
   Returns:
     The unpickled object with every tensor replaced by a numpy array.
@@ -542,13 +627,13 @@ def load_torch_checkpoint(path, keys: Optional[Iterable[str]] = None, *, use_tor
   """
   path = os.fspath(path)
   kind = _sniff(path)
-  if use_torch or kind == 'torch_legacy':
+  if use_torch:
     obj = _torch_load(path, legacy=kind == 'torch_legacy')
   else:
-    if kind != 'torch_zip':
+    if kind not in ('torch_zip', 'torch_legacy'):
       raise CheckpointError(f'{path}: not a torch zip archive (expected a score_sde_pytorch '
                             'checkpoint.pth written by torch.save).')
-    with _TorchZipReader(path) as reader:
+    with (_TorchZipReader if kind == 'torch_zip' else _TorchLegacyReader)(path) as reader:
       obj = reader.load()
       if keys is not None and isinstance(obj, Mapping):
         obj = {k: obj[k] for k in keys if k in obj}
