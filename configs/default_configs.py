@@ -86,6 +86,15 @@ def get_default_configs():
   model.num_scales = 1000
   model.beta_min = 0.1
   model.beta_max = 20.
+  # phase-space SDEs (training.sde 'psld' | 'cld'); defaults: the papers' CIFAR-10 settings
+  model.psld_beta_min = 8.                # PSLD beta(t) = beta_min + t (beta_max - beta_min)
+  model.psld_beta_max = 8.
+  model.psld_gamma = 0.02                 # PSLD Gamma (x friction); M^-1 = (Gamma - nu)^2 / 4
+  model.psld_nu = 4.02                    # PSLD nu (momentum friction)
+  model.psld_kappa = 0.04                 # PSLD m_0 ~ N(0, kappa M)
+  model.cld_beta = 4.                     # CLD constant beta
+  model.cld_m_inv = 4.                    # CLD M^-1; friction Gamma = 2 sqrt(M) (critical damping)
+  model.cld_kappa = 0.04                  # CLD m_0 ~ N(0, kappa M) (the CLD paper's gamma)
   model.dropout = 0.1
   model.embedding_type = 'fourier'
   model.scale_by_sigma = True

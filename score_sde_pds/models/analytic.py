@@ -12,6 +12,14 @@ Under a linear SDE the perturbed marginal is x_t = a(t) x_0 + std(t) z, hence
   Sigma_t = F^-1 diag(a^2 s + std^2) F,  mean a mu,
   score_t(x) = -F^-1[ F[x - a mu] / (a^2 s(k) + std^2) ]           (exact, any t).
 All of this is FFT-diagonal and costs O(HWC log HW) per image.
+
+Augmented (phase-space) SDEs (CLD, PSLD; sde.is_augmented): the state is z = [x; m]
+stacked on the channel axis (B,H,W,2C), x_0 ~ the field and m_0 ~ N(0, kappa M) white and
+independent of x_0. With Psi_t = Psi(t, 0) and the kernel covariance Sigma_t (both 2x2,
+sde_lib block methods), each Fourier mode k of each channel is an independent 2-vector
+  F[z_t](k) ~ N(Psi_t [F[mu](k); 0],  H W C_t(k)),   C_t(k) = Sigma_t + s(k) Psi_t e1 e1^T Psi_t^T
+(Sigma_t already holds m_0's variance), so the exact score is, per mode,
+  F[score](k) = -C_t(k)^{-1} (F[z_t](k) - Psi_t [F[mu](k); 0])   (a closed-form 2x2 inverse).
 """
 from __future__ import annotations
 
@@ -85,13 +93,52 @@ class GaussianField:
     return a ** 2 * self.spectrum + std ** 2
 
   def score(self, sde, x, t):
-    """Exact score of the perturbed marginal p_t, x (B,H,W,C), t (B,) -> (B,H,W,C)."""
+    """Exact score of the perturbed marginal p_t, x (B,H,W,C), t (B,) -> (B,H,W,C).
+
+    For augmented SDEs x is the stacked state (B,H,W,2C) and so is the score.
+    """
+    if getattr(sde, 'is_augmented', False):
+      return self._augmented_score(sde, x, t)
     ones = jnp.ones((x.shape[0],) + (1,) * (x.ndim - 1), x.dtype)
     a = sde.marginal_prob(ones, t)[0]                      # (B,1,1,1) mean coefficient
     std = sde.marginal_prob(jnp.zeros_like(x), t)[1].reshape(a.shape)
     lam = self.covariance_eigenvalues(a, std)              # (B,H,W,C)
     r = _fft2(x - a * self.mean) / lam
     return -jnp.real(_ifft2(r)).astype(x.dtype)
+
+  def _augmented_score(self, sde, z, t):
+    """Score of p_t(z) for z = [x; m] (B,H,W,2C), per mode -C_t(k)^{-1} (F[z] - mean)."""
+    C = z.shape[-1] // 2
+    psi = sde.transition_block(t)                          # (B,2,2)
+    sig = sde.cov_block(t)
+    b = lambda v: v.reshape(-1, 1, 1, 1).astype(z.dtype)
+    p11, p21 = b(psi[:, 0, 0]), b(psi[:, 1, 0])
+    s = self.spectrum
+    c11 = b(sig[:, 0, 0]) + s * p11 ** 2
+    c12 = b(sig[:, 0, 1]) + s * p11 * p21
+    c22 = b(sig[:, 1, 1]) + s * p21 ** 2
+    det = c11 * c22 - c12 ** 2
+    fx = _fft2(z[..., :C] - p11 * self.mean)
+    fm = _fft2(z[..., C:] - p21 * self.mean)
+    sx = -(c22 * fx - c12 * fm) / det
+    sm = -(c11 * fm - c12 * fx) / det
+    return jnp.concatenate([jnp.real(_ifft2(sx)), jnp.real(_ifft2(sm))], -1).astype(z.dtype)
+
+  def mode_moments(self, sde, t):
+    """Host float64 per-mode moments of z_t for any linear SDE (1x1 or 2x2 blocks).
+
+    Args:
+      sde: an sde_lib SDE (use sde_lib.host_sde for float64). t: scalar time.
+    Returns:
+      (mean_coef (k,), cov (H,W,C,k,k)): F[z_t](k) has mean H W mu_c mean_coef at k = 0
+      (zero elsewhere) and covariance H W cov[k, c]; mean_coef = Psi_t e1.
+    """
+    t = np.asarray(t, np.float64)
+    psi = np.asarray(sde.transition_block(t), np.float64)
+    sig = np.asarray(sde.cov_block(t), np.float64)
+    e = psi[:, 0]
+    s = np.asarray(self.spectrum, np.float64)[..., None, None]
+    return e, sig + s * np.outer(e, e)
 
   def sample(self, rng, n: int):
     """n exact data samples, (n,H,W,C) float32."""
