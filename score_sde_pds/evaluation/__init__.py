@@ -1,0 +1,1 @@
+"""Sample-quality evaluation: the FID Inception-v3 network and the metrics built on it."""
