@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from score_sde_pds.models import conv_grad
+
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
@@ -70,7 +72,8 @@ def _ddpm_conv(x, out_planes, size, stride, bias, dilation, init_scale, dtype):
   return nn.Conv(out_planes, kernel_size=(size, size), strides=(stride, stride),
                  padding='SAME', use_bias=bias, kernel_dilation=(dilation, dilation),
                  kernel_init=default_init(init_scale), bias_init=nn.initializers.zeros,
-                 dtype=dtype, param_dtype=jnp.float32)(x)
+                 dtype=dtype, param_dtype=jnp.float32,
+                 conv_general_dilated=conv_grad.conv_general_dilated)(x)
 
 
 def ddpm_conv1x1(x, out_planes, stride=1, bias=True, dilation=1, init_scale=1.,

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from score_sde_pds.models import conv_grad
 from score_sde_pds.models import utils as mutils
 
 # ----------------------------------------------------------------------------------
@@ -85,7 +86,8 @@ def _ncsn_conv(x, features: int, kernel: int, bias: bool = True, dilation: int =
                  kernel_dilation=(dilation, dilation), use_bias=bias,
                  kernel_init=_torch_kernel_init(init_scale),
                  bias_init=_torch_bias_init(fan_in, init_scale),
-                 dtype=dtype, param_dtype=jnp.float32)(x)
+                 dtype=dtype, param_dtype=jnp.float32,
+                 conv_general_dilated=conv_grad.conv_general_dilated)(x)
 
 
 def ncsn_conv3x3(x, features: int, bias: bool = True, dilation: int = 1,
@@ -227,7 +229,8 @@ class ConvMeanPool(nn.Module):
   def __call__(self, inputs):
     h = nn.Conv(self.output_dim, kernel_size=(self.kernel_size, self.kernel_size),
                 strides=(1, 1), padding='SAME', use_bias=self.biases,
-                dtype=self.dtype, param_dtype=jnp.float32)(inputs)
+                dtype=self.dtype, param_dtype=jnp.float32,
+                conv_general_dilated=conv_grad.conv_general_dilated)(inputs)
     return _mean_pool2x2(h)
 
 

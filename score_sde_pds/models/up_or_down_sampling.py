@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from score_sde_pds.models import conv_grad
+
 _DN = ('NHWC', 'HWIO', 'NHWC')
 
 
@@ -199,8 +201,7 @@ class Conv2d(nn.Module):
     elif self.down:
       x = conv_downsample_2d(x, w, k=self.resample_kernel)
     else:
-      x = jax.lax.conv_general_dilated(x, w, window_strides=(1, 1), padding='SAME',
-                                       dimension_numbers=_DN)
+      x = conv_grad.conv_nhwc(x, w)
     if self.use_bias:
       b = self.param('bias', nn.initializers.zeros, (x.shape[-1],), jnp.float32)
       x = x + b.astype(self.dtype).reshape((1, 1, 1, -1))
