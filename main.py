@@ -37,10 +37,16 @@ def main(argv):
     if FLAGS.mode == 'train':
       run_lib.train(FLAGS.config, FLAGS.workdir)
     elif FLAGS.mode == 'eval':
-      print(run_lib.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.sample_folder))
+      result = run_lib.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.sample_folder)
+      if result is not None:
+        from score_sde_pds.evaluation import evaluator
+        print(evaluator.summary_line(result))
     else:
       folder = run_lib.sample(FLAGS.config, FLAGS.workdir, FLAGS.sample_folder)
-      print(f'samples written to {folder}')
+      grids = sorted((f for f in os.listdir(folder) if f.endswith('.png')),
+                     key=lambda f: (len(f), f))
+      print(f'samples written to {folder}' + (
+          f'; image grid: {os.path.join(folder, grids[0])}' if grids else ''))
   except (ValueError, FileNotFoundError, NotImplementedError, KeyError,
           run_lib.SamplingDivergedError) as e:
     print(f'error: {e}', file=sys.stderr)

