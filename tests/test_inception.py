@@ -131,6 +131,7 @@ def test_pth_npz_and_dict_give_the_same_params(weights0, weight_files, variables
     assert not any(k.endswith('num_batches_tracked') for k in z.files)
   assert meta['source_sha256'] == inception.weights_hash(pth)
   assert meta['source_sha256'] == hashlib.sha256(open(pth, 'rb').read()).hexdigest()
+  assert inception.weights_hash(npz) == meta['source_sha256']  # same weights, same hash
   assert meta['official_file'] is False
 
 

@@ -61,6 +61,7 @@ from __future__ import annotations
 import collections
 import functools
 import hashlib
+import json
 import os
 import zipfile
 from typing import Any, Mapping
@@ -382,7 +383,19 @@ def params_from_state_dict(state: Mapping[str, Any], *, source: str = '<state_di
 
 
 def weights_hash(path) -> str:
-  """sha256 hex digest of the weight file (recorded next to FID results)."""
+  """sha256 hex digest of the weight file (recorded next to FID results).
+
+  For an .npz written by scripts/convert_inception.py it is the sha256 of the .pth it
+  was converted from (recorded in the .npz), so a .pth and its conversion -- the same
+  weights -- have the same hash (for the official file: :data:`WEIGHTS_SHA256`).
+  """
+  path = os.fspath(path)
+  if _is_npz(path):
+    with np.load(path, allow_pickle=False) as z:
+      if NPZ_META_KEY in z.files:
+        source = json.loads(str(z[NPZ_META_KEY])).get('source_sha256')
+        if source:
+          return str(source)
   h = hashlib.sha256()
   with open(path, 'rb') as f:
     for block in iter(lambda: f.read(1 << 20), b''):
