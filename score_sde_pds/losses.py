@@ -181,9 +181,86 @@ def get_ddpm_loss_fn(vpsde, model, train: bool, reduce_mean: bool = True) -> Cal
   return loss_fn
 
 
+# ----------------------------------------------------------------------------- phase space
+
+
+def hsm_losses(sde, eps_fn, x0, t, noise, reduce_mean: bool = True, rng=None):
+  """Per-sample hybrid score matching losses of a phase-space SDE (CLD, PSLD).
+
+  Hybrid score matching (Dockhorn et al. 2022, Eq. 17; Pandey & Mandt 2023, Sec. 4)
+  marginalises the initial momentum m_0 ~ N(0, kappa M) instead of sampling it: the kernel
+  p(z_t | x_0) is N(Psi_t [x_0; 0], Sigma_t) with Sigma_0 = diag(0, kappa M) (sde_lib's
+  init_cov_block), so
+    z_t = Psi_t [x_0; 0] + L_t eps,   eps ~ N(0, I_2C),   Sigma_t = L_t L_t^T (lower).
+  Its conditional score is -L_t^{-T} eps; with s_theta = -L_t^{-T} eps_theta and the
+  weighting lambda(t) = L_t L_t^T (CLD's lambda(t) = ell_t^2, PSLD's 'fid' weighting) the
+  objective is the epsilon regression || eps_theta(z_t, t) - eps ||^2, over all 2C channels,
+  or over the momentum part eps_m when the network predicts only that (CLD: the data score
+  never enters the sampler because x receives no noise).
+
+  Args:
+    sde: a phase-space SDE of sde_lib (sde.is_augmented).
+    eps_fn: eps_fn(z, t, rng) -> (B,H,W,2C) or (B,H,W,C) (models.utils.get_eps_fn).
+    x0: (B,H,W,C) data. t: (B,) times. noise: (B,H,W,2C) standard normal eps.
+    reduce_mean: per-sample mean over the regressed entries, else 1/2 their sum.
+    rng: the model (dropout) key.
+  Returns:
+    losses (B,).
+  """
+  C = x0.shape[-1]
+  if noise.shape != x0.shape[:-1] + (2 * C,):
+    raise ValueError(f'noise must have shape {x0.shape[:-1] + (2 * C,)}, got {noise.shape}.')
+  z0 = jnp.concatenate([x0, jnp.zeros_like(x0)], axis=-1)
+  zt = (sde_lib.apply_block(sde.transition_block(t), z0)
+        + sde_lib.apply_block(sde.chol_block(t), noise))
+  pred = eps_fn(zt, t, rng)
+  if pred.shape == noise.shape:
+    target = noise
+  elif pred.shape == x0.shape:
+    target = noise[..., C:]                       # momentum-only epsilon
+  else:
+    raise ValueError(f'the network output has shape {pred.shape}; for data {x0.shape} it must '
+                     f'be {noise.shape} (eps of [x; m]) or {x0.shape} (momentum eps).')
+  res = jnp.square(pred - target)
+  return _reduce_op(reduce_mean)(res.reshape(res.shape[0], -1))
+
+
+def get_hsm_loss_fn(sde, model, train: bool, reduce_mean: bool = True,
+                    eps: float = 1e-5) -> Callable:
+  """Hybrid score matching loss of a CLD / PSLD model (see `hsm_losses`).
+
+  t ~ U(eps, T) (PSLD's train_eps 1e-5), noise eps ~ N(0, I) of the stacked state.
+  Returns loss_fn(rng, params, model_state, batch) -> (loss scalar, model_state), batch
+  (B,H,W,C) data (centered); the keys of `loss_rngs(rng)` draw t (B,) and eps (B,H,W,2C).
+  """
+  if not getattr(sde, 'is_augmented', False):
+    raise ValueError(f'hybrid score matching needs a phase-space SDE (config.training.sde '
+                     f'cld | psld), got {type(sde).__name__}.')
+
+  def loss_fn(rng, params, states, batch):
+    x0 = _images(batch)
+    t_rng, z_rng, model_rng = loss_rngs(rng)
+    t = jax.random.uniform(t_rng, (x0.shape[0],), minval=eps, maxval=sde.T)
+    noise = jax.random.normal(z_rng, x0.shape[:-1] + (2 * x0.shape[-1],), x0.dtype)
+    eps_fn = mutils.get_eps_fn(sde, model, params, states, train=train)
+    losses = hsm_losses(sde, eps_fn, x0, t, noise, reduce_mean, model_rng)
+    return jnp.mean(losses), states
+
+  return loss_fn
+
+
 def get_loss_fn(sde, model, train: bool, reduce_mean: bool = False, continuous: bool = True,
                 likelihood_weighting: bool = False, eps: float = 1e-5) -> Callable:
-  """score_sde's choice of objective: DSM when continuous, else SMLD (VE) / DDPM (VP)."""
+  """score_sde's choice of objective: DSM when continuous, else SMLD (VE) / DDPM (VP);
+  hybrid score matching (`get_hsm_loss_fn`) for the phase-space SDEs CLD and PSLD."""
+  if getattr(sde, 'is_augmented', False):
+    if not continuous:
+      raise ValueError(f'config.training.sde={type(sde).__name__} trains continuous-time '
+                       'models only: set config.training.continuous=True.')
+    if likelihood_weighting:
+      raise ValueError('config.training.likelihood_weighting=True is not supported for CLD/PSLD '
+                       '(hybrid score matching uses the epsilon weighting lambda = Sigma_t).')
+    return get_hsm_loss_fn(sde, model, train, reduce_mean=reduce_mean, eps=eps)
   if continuous:
     return get_sde_loss_fn(sde, model, train, reduce_mean=reduce_mean, continuous=True,
                            likelihood_weighting=likelihood_weighting, eps=eps)

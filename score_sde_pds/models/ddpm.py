@@ -86,7 +86,8 @@ class DDPM(nn.Module):
       raise RuntimeError('DDPM: unused skip connections (internal error).')
 
     h = act(normalize()(h))
-    h = layers.ddpm_conv3x3(h, x.shape[-1], init_scale=0., dtype=dtype)
+    h = layers.ddpm_conv3x3(h, mutils.output_channels(config, x.shape[-1]), init_scale=0.,
+                            dtype=dtype)
     h = h.astype(jnp.float32)
 
     if m.scale_by_sigma:

@@ -118,7 +118,7 @@ class NCSNpp(nn.Module):
       h = act(layers.group_norm(h.shape[-1], dtype)(h))
       return layerspp.conv3x3(h, channels, bias=True, init_scale=init_scale, dtype=dtype)
 
-    out_channels = x.shape[-1]
+    out_channels = mutils.output_channels(config, x.shape[-1])  # 2C -> C: momentum eps (CLD)
     if not config.data.centered:
       x = 2 * x - 1.  # [0, 1] -> [-1, 1]
     x = x.astype(dtype)

@@ -64,6 +64,7 @@ def check_model_config(config) -> None:
   """
   name = config.model.name
   get_model(name)
+  check_augmented_config(config)
   size = config.data.image_size
   if name in ('ncsnpp', 'ddpm'):
     ch_mult = tuple(config.model.ch_mult)
@@ -78,6 +79,64 @@ def check_model_config(config) -> None:
     if size % div:
       raise ValueError(f'config.data.image_size={size} is not supported by {name}: it must be '
                        f'a multiple of {div}.')
+
+
+# ----------------------------------------------------------------------------- augmented SDEs
+#
+# Phase-space SDEs (sde_lib CLDSDE / PSLDSDE, config.training.sde 'cld' | 'psld') diffuse the
+# stacked state z = [x; m] (B,H,W,2C), x first. The network takes z and the time t itself
+# (PSLD's conditioning: the Fourier embedding sees log t, the positional one t) and predicts
+# the epsilon of the kernel z_t = Psi_t z_0 + L_t eps (L_t the lower Cholesky factor of the
+# kernel covariance, PSLD's decomp_mode 'lower'): all 2C channels, or only the C momentum
+# channels when x receives no noise (CLD; PSLD with Gamma = 0, its 'score_m' mode).
+
+AUGMENTED_SDE_NAMES = ('cld', 'psld')
+
+
+def is_augmented_config(config) -> bool:
+  """True when config.training.sde names a phase-space SDE (state [x; m], 2C channels)."""
+  return str(config.training.get('sde', '')).lower() in AUGMENTED_SDE_NAMES
+
+
+def momentum_only_config(config) -> bool:
+  """True when the network predicts only the momentum epsilon (C channels): CLD, and PSLD
+  with psld_gamma = 0 (no noise on x, so only the momentum score enters the sampler)."""
+  name = str(config.training.get('sde', '')).lower()
+  return name == 'cld' or (name == 'psld' and float(config.model.psld_gamma) == 0.)
+
+
+def input_channels(config) -> int:
+  """Channels of the network input: config.data.num_channels, doubled for CLD/PSLD."""
+  c = int(config.data.num_channels)
+  return 2 * c if is_augmented_config(config) else c
+
+
+def output_channels(config, in_channels: int) -> int:
+  """Channels of the network output for an input with `in_channels` channels: the same,
+  except the momentum-only epsilon of CLD / PSLD with Gamma = 0 (in_channels // 2)."""
+  if momentum_only_config(config):
+    return in_channels // 2
+  return in_channels
+
+
+def check_augmented_config(config) -> None:
+  """Raises ValueError for settings a network cannot take on the augmented state."""
+  if not is_augmented_config(config):
+    return
+  sde = config.training.sde
+  if getattr(get_model(config.model.name), 'is_analytic', False):
+    return
+  if not config.data.centered:
+    raise ValueError(
+        f'config.training.sde={sde!r} needs config.data.centered=True: the network takes the '
+        'stacked state [x; m] as it is (PSLD data.norm=True); the [0, 1] -> [-1, 1] map of '
+        'uncentered data would shift the momentum channels too.')
+  if config.model.get('scale_by_sigma', False):
+    raise ValueError(f'config.training.sde={sde!r} needs config.model.scale_by_sigma=False: the '
+                     'network predicts epsilon of the augmented state, not a scaled score.')
+  if not config.training.continuous:
+    raise ValueError(f'config.training.sde={sde!r} needs config.training.continuous=True (the '
+                     'network is conditioned on the continuous time t).')
 
 
 def get_sigmas(config) -> np.ndarray:
@@ -121,7 +180,8 @@ def init_model(rng, config, jit: bool = True):
   if hasattr(model_cls, 'init_from_config'):  # analytic models: no network
     return model_cls.init_from_config(rng, config)
   model = model_cls(config=config)
-  input_shape = (1, config.data.image_size, config.data.image_size, config.data.num_channels)
+  check_augmented_config(config)
+  input_shape = (1, config.data.image_size, config.data.image_size, input_channels(config))
   fake_input = jnp.zeros(input_shape, jnp.float32)
   fake_label = jnp.zeros((1,), jnp.int32)
   params_rng, dropout_rng = jax.random.split(rng)
@@ -154,6 +214,8 @@ def get_score_fn(sde, model, params, states, train: bool = False, continuous: bo
     VE discrete:   label = round((T - t) (N - 1)) into the descending sigmas.
     VP/subVP continuous (and subVP always): label = 999 t, score = -output / std(t).
     VP discrete:   label = t (N - 1), score = -output / sqrt(1 - alphas_cumprod[label]).
+    CLD / PSLD:    label = t; the output is epsilon of the augmented state (`get_eps_fn`),
+                   score = -L_t^{-T} eps (`eps_to_augmented_score`), z and score (B,H,W,2C).
   `num_scales` is the N the network was trained with (config.model.num_scales); it
   defaults to sde.N and matters for discrete models sampled with fewer steps.
   Analytic models (no network) return their exact score; `params` is then the model.
@@ -164,6 +226,13 @@ def get_score_fn(sde, model, params, states, train: bool = False, continuous: bo
       del rng
       return params.score(sde, x, t)
     return analytic_score_fn
+
+  if getattr(sde, 'is_augmented', False):
+    eps_fn = get_eps_fn(sde, model, params, states, train=train, continuous=continuous)
+
+    def augmented_score_fn(z, t, rng=None):
+      return eps_to_augmented_score(sde, eps_fn(z, t, rng), t, z.shape[-1])
+    return augmented_score_fn
 
   n_model = sde.N if num_scales is None else int(num_scales)
   model_fn = get_model_fn(model, params, states, train=train)
@@ -193,3 +262,69 @@ def get_score_fn(sde, model, params, states, train: bool = False, continuous: bo
   else:
     raise NotImplementedError(f'SDE class {type(sde).__name__} not supported by get_score_fn.')
   return score_fn
+
+
+def get_eps_fn(sde, model, params, states, train: bool = False, continuous: bool = True,
+               momentum_only: bool | None = None) -> Callable:
+  """Epsilon predictor of a phase-space SDE: eps_fn(z, t, rng=None) -> (B,H,W,K).
+
+  z (B,H,W,2C) is the stacked state [x; m], t (B,). A network is called with label t (PSLD's
+  conditioning) and its output is returned as it is: K = 2C (eps of z_t = Psi_t z_0 + L_t eps)
+  or K = C (the momentum part eps_m, CLD / PSLD with Gamma = 0). An analytic model gives
+  eps = -L_t^T score (sde_lib.score_to_eps), the minimiser of the HSM loss (losses.py); its
+  momentum part only when `momentum_only` (default: when sde has no noise on x).
+  """
+  if not getattr(sde, 'is_augmented', False):
+    raise ValueError(f'get_eps_fn is for augmented (CLD/PSLD) SDEs, got {type(sde).__name__}.')
+  if getattr(model, 'is_analytic', False):
+    if momentum_only is None:
+      momentum_only = sde_has_no_data_noise(sde)
+
+    def analytic_eps_fn(z, t, rng=None):
+      del rng
+      eps = sde.score_to_eps(params.score(sde, z, t), t)
+      return eps[..., eps.shape[-1] // 2:] if momentum_only else eps
+    return analytic_eps_fn
+  if not continuous:
+    raise ValueError(f'{type(sde).__name__} networks are conditioned on the continuous time t; '
+                     'set config.training.continuous=True.')
+  model_fn = get_model_fn(model, params, states, train=train)
+
+  def eps_fn(z, t, rng=None):
+    return model_fn(z, t, rng)
+  return eps_fn
+
+
+def sde_has_no_data_noise(sde) -> bool:
+  """True when G G^T has a zero data entry (CLD; PSLD with Gamma = 0): only the momentum
+  score enters the reverse SDE, and a network predicts only eps_m. Needs concrete values."""
+  from score_sde_pds import sde_lib  # local import: sde_lib does not import models
+  if isinstance(sde, sde_lib.CLDSDE):
+    return True
+  if isinstance(sde, sde_lib.PSLDSDE):
+    return float(np.asarray(sde.gamma)) == 0.
+  return False
+
+
+def eps_to_augmented_score(sde, eps, t, state_channels: int | None = None):
+  """Score of the stacked state from a predicted epsilon, score = -L_t^{-T} eps.
+
+  Args:
+    sde: a phase-space SDE. eps: (B,H,W,2C), or (B,H,W,C) momentum-only. t: (B,).
+    state_channels: 2C; default eps.shape[-1] (a full eps).
+  Returns:
+    (B,H,W,2C). For a momentum-only eps the momentum score is -eps_m / (L_t)_22 and the data
+    score is set to 0 (as PSLD's get_score in its 'score_m' mode): with lower-triangular L_t
+    and no noise on x, G G^T s and every sampler built from sde_lib's blocks read only s_m.
+  """
+  k = eps.shape[-1]
+  state_channels = k if state_channels is None else int(state_channels)
+  if k == state_channels:
+    return sde.eps_to_score(eps, t)
+  if 2 * k != state_channels:
+    raise ValueError(f'the network output has {k} channels; for a state of {state_channels} '
+                     f'channels it must have {state_channels} (eps of [x; m]) or '
+                     f'{state_channels // 2} (momentum eps).')
+  L = sde.chol_block(t)                                       # (B, 2, 2)
+  l22 = L[..., 1, 1].reshape((-1,) + (1,) * (eps.ndim - 1)).astype(eps.dtype)
+  return jnp.concatenate([jnp.zeros_like(eps), -eps / l22], axis=-1)
