@@ -1035,7 +1035,10 @@ def restore_official(path, config, *, ckpt_id: Optional[int] = None, which: str 
     if expected is None:
       raise ValueError(f'{file}: converting a PyTorch checkpoint needs the config (or '
                        'expected shapes) of its model.')
-    if kind == 'torch_zip':  # lazy: only the tensors that are converted are read
+    from score_sde_pds import psld_checkpoints  # PSLD Lightning .ckpt (its own reader)
+    if kind == 'torch_zip' and psld_checkpoints.is_psld_file(file):
+      params = psld_checkpoints.restore_psld(file, config, which=which, expected=expected)
+    elif kind == 'torch_zip':  # lazy: only the tensors that are converted are read
       with _TorchZipReader(file) as reader:
         params = _params_from_torch(reader.load(), file, which, expected, model_name)
     else:
@@ -1111,12 +1114,14 @@ def convert_checkpoint(input_path, config, output_path, *, ckpt_id: Optional[int
   Returns:
     (params, meta) as written.
   """
+  from score_sde_pds import psld_checkpoints
   file = find_checkpoint(input_path, ckpt_id)
   params = restore_official(file, config, which=which)
   kind = _sniff(file)
   meta = {
       'source': os.path.abspath(file),
-      'source_format': 'score_sde_pytorch' if kind.startswith('torch') else 'score_sde',
+      'source_format': ('score_sde' if not kind.startswith('torch') else 'psld' if
+                        psld_checkpoints.is_psld_file(file) else 'score_sde_pytorch'),
       'which': which,
       'model_name': config.model.name,
       'num_params': count_params(params),

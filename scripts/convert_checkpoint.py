@@ -4,11 +4,18 @@
   python scripts/convert_checkpoint.py --config configs/ve/ffhq_ncsnpp_continuous.py \
       --input exp/ve/ffhq_ncsnpp_continuous/checkpoint_48.pth --output ffhq_ema.msgpack
 
-`--input` may be a score_sde_pytorch .pth, a score_sde (JAX) checkpoint_<k>, a
-checkpoints/ directory or a workdir. The weights are checked against the config's model
-before anything is written; `score_sde_pds.checkpoints.restore_official` reads the output.
-`--config` is a config module with get_config() (configs/...py) or a JSON dump of a config
-(merged onto configs/default_configs.py when that exists).
+`--input` may be a score_sde_pytorch .pth, a score_sde (JAX) checkpoint_<k>, an official
+PSLD (mandt-lab/PSLD) PyTorch Lightning .ckpt (EMA network `ema_score_fn.*`, or
+`score_fn.*` with --which model; see score_sde_pds/psld_checkpoints.py), a
+checkpoints/ directory or a workdir. PSLD example:
+
+  python scripts/convert_checkpoint.py --config configs/psld/cifar10_ncsnpp.py \
+      --input psld-hsm_gamma=0.02_nu=4.02_cifar10_...ckpt --output psld_cifar10_ema.msgpack
+
+The weights are checked against the config's model before anything is written;
+`score_sde_pds.checkpoints.restore_official` reads the output. `--config` is a config
+module with get_config() (configs/...py) or a JSON dump of a config (merged onto
+configs/default_configs.py when that exists).
 """
 import argparse
 import importlib.util
@@ -65,7 +72,8 @@ def main(argv=None):
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--config', required=True, help='config .py (get_config) or .json')
   parser.add_argument('--input', required=True,
-                      help='checkpoint file (.pth or checkpoint_<k>), checkpoints dir or workdir')
+                      help='checkpoint file (.pth, checkpoint_<k> or PSLD .ckpt), checkpoints dir '
+                      'or workdir')
   parser.add_argument('--output', required=True, help='Flax params file to write (.msgpack)')
   parser.add_argument('--which', default='ema', choices=('ema', 'model'),
                       help="'ema' (sampling weights, default) or 'model' (raw weights)")

@@ -11,7 +11,7 @@ Training: hybrid score matching, epsilon weighting, per-entry mean, Adam lr 2e-4
 Official checkpoints (PyTorch Lightning .ckpt) load through checkpoints.restore_official
 (EMA weights, `ema_score_fn.*`), or convert once:
   python scripts/convert_checkpoint.py --config configs/psld/cifar10_ncsnpp.py \
-      --input psld.ckpt --output W/checkpoints/params_psld
+      --input psld.ckpt --output psld_cifar10_ema.msgpack
 """
 from configs import default_cifar10_configs
 
