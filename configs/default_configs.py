@@ -28,7 +28,7 @@ def get_default_configs():
 
   # sampling
   config.sampling = sampling = ml_collections.ConfigDict()
-  sampling.method = 'pc'                  # 'pc' | 'ode'
+  sampling.method = 'pc'                  # 'pc' | 'ode' | 'conjugate' | 'splitting'
   sampling.predictor = 'reverse_diffusion'
   sampling.corrector = 'langevin'
   sampling.n_steps_each = 1
@@ -45,6 +45,17 @@ def get_default_configs():
   sampling.ode_rtol = 1e-5
   sampling.ode_atol = 1e-5
   sampling.ode_method = 'dopri5'          # diffrax solver: 'dopri5' (RK45) | 'tsit5' | 'heun' | 'euler'
+  # efficient integrators (method 'conjugate' | 'splitting', score_sde_pds/integrators)
+  sampling.integrator = ''                # conjugate: 'euler' | 'heun' | 'ab2' ('' -> 'euler');
+                                          # splitting: 'nse' | 'nvv' | 'rse' | 'rvv' | 'cvv' | 'oba' |
+                                          # 'baoab' | 'roba' | 'sscs' ('' -> 'cvv')
+  sampling.num_steps = 0                  # integrator steps; 0 -> N = int(num_scales / speed_up)
+  sampling.grid = 'uniform'               # time grid: 'uniform' | 'quadratic' | 'logsnr'
+  sampling.lam = 0.0                      # conjugate B = lam I (lambda-DDIM; 0: exponential
+                                          # integrator = DDIM on VP); splitting 'cvv' sub-flows
+  sampling.b_matrix = 'identity'          # conjugate B: 'identity' | 'ones' (lam 1 1^T on [x; m]) |
+                                          # 'spectral' (lam r^2, r the PDS frequency gain; needs pds)
+  sampling.noise_scale = 1.0              # stochastic splitting: noise scale (1: reverse SDE, 0: ODE)
   # Preconditioned diffusion sampling
   sampling.pds = pds = ml_collections.ConfigDict()
   pds.enabled = False

@@ -329,7 +329,15 @@ def _normal_fn(shape):
   return noise
 
 
-def _prior_std(sde):
+def _prior_std(sde, channels=None):
+  """sigma_max (VE), 1 (VP/subVP); for the stacked phase-space state of CLD/PSLD the
+  per-channel [1]*C + [sqrt(M)]*C (`channels` = 2C, the state's last axis)."""
+  if getattr(sde, 'is_augmented', False):
+    if channels is None:
+      raise NotImplementedError(
+          f'this sampler does not support the phase-space SDE {type(sde).__name__}; use '
+          "config.sampling.method='conjugate' or 'splitting' (score_sde_pds.integrators).")
+    return sde.prior_std(channels)
   return sde.sigma_max if isinstance(sde, sde_lib.VESDE) else 1.
 
 
@@ -428,7 +436,7 @@ def get_pc_sampler(sde, shape, predictor, corrector, *, snr, n_steps=1,
     keys = shard(sample_keys(rng, offset, shape[0]))
     z = noise(keys, 0) if noise_source is None else noise_source(-1, 0)
     prior = ctx.M(z) if not ctx.marginal else z
-    x = shard(prior * _prior_std(sde))
+    x = shard(prior * _prior_std(sde, shape[-1]))
     timesteps = jnp.linspace(sde.T, eps, N)
 
     def body(carry, k):
@@ -569,9 +577,13 @@ def get_ode_sampler(sde, shape, *, rtol=1e-5, atol=1e-5, method='RK45', eps=1e-3
 
 
 def get_sampler_from_config(config, sde, shape, eps, preconditioner=None) -> Sampler:
-  """The sampler that config.sampling describes (method 'pc' or 'ode')."""
+  """The sampler that config.sampling describes (method 'pc', 'ode', 'conjugate' or
+  'splitting'; the last two and every CLD/PSLD config go to score_sde_pds.integrators)."""
   s = config.sampling
   method = str(s.method).lower()
+  if method in ('conjugate', 'splitting') or getattr(sde, 'is_augmented', False):
+    from score_sde_pds.integrators import config as integrators_config  # imports sampling
+    return integrators_config.get_sampler_from_config(config, sde, shape, eps, preconditioner)
   if method == 'pc':
     pds = s.get('pds', None)
     return get_pc_sampler(
@@ -588,7 +600,8 @@ def get_sampler_from_config(config, sde, shape, eps, preconditioner=None) -> Sam
                            atol=float(s.get('ode_atol', 1e-5)),
                            method=str(s.get('ode_method', 'RK45')), eps=eps,
                            denoise=bool(s.noise_removal))
-  raise ValueError(f"config.sampling.method={s.method!r} is not known; valid: ['ode', 'pc'].")
+  raise ValueError(f"config.sampling.method={s.method!r} is not known; valid: "
+                   "['conjugate', 'ode', 'pc', 'splitting'].")
 
 
 def _default_progress(step):
