@@ -13,6 +13,7 @@ setup(
         'jaxlib==0.10.2',
         'flax==0.12.8',
         'optax==0.2.8',
+        'diffrax>=0.7.2,<0.8',
         'ml_collections==1.1.0',
         'absl-py>=2.1,<3',
         'numpy>=2.0,<3',

@@ -45,6 +45,7 @@ def get_default_configs():
   sampling.ode_rtol = 1e-5
   sampling.ode_atol = 1e-5
   sampling.ode_method = 'dopri5'          # diffrax solver: 'dopri5' (RK45) | 'tsit5' | 'heun' | 'euler'
+  sampling.ode_steps = 0                  # 0: adaptive (PID at ode_rtol/ode_atol); n > 0: n uniform steps T -> eps
   # efficient integrators (method 'conjugate' | 'splitting', score_sde_pds/integrators)
   sampling.integrator = ''                # conjugate: 'euler' | 'heun' | 'ab2' ('' -> 'euler');
                                           # splitting: 'nse' | 'nvv' | 'rse' | 'rvv' | 'cvv' | 'oba' |

@@ -42,6 +42,7 @@ import difflib
 import functools
 from typing import Any, Callable
 
+import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -465,109 +466,136 @@ def get_pc_sampler(sde, shape, predictor, corrector, *, snr, n_steps=1,
 
 # ----------------------------------------------------------------------------- ODE sampler
 
-# Dormand-Prince 5(4) tableau (the RK45 of scipy.integrate.solve_ivp).
-_DP_C = (0., 1. / 5, 3. / 10, 4. / 5, 8. / 9, 1.)
-_DP_A = ((),
-         (1. / 5,),
-         (3. / 40, 9. / 40),
-         (44. / 45, -56. / 15, 32. / 9),
-         (19372. / 6561, -25360. / 2187, 64448. / 6561, -212. / 729),
-         (9017. / 3168, -355. / 33, 46732. / 5247, 49. / 176, -5103. / 18656))
-_DP_B = (35. / 384, 0., 500. / 1113, 125. / 192, -2187. / 6784, 11. / 84)
-# B - B_hat, with the 7th (FSAL) stage weight of the embedded 4th order pair.
-_DP_E = (71. / 57600, 0., -71. / 16695, 71. / 1920, -17253. / 339200, 22. / 525, -1. / 40)
+# config.sampling.ode_method -> diffrax solver class ('rk45' is scipy's name for dopri5).
+ODE_SOLVERS: dict[str, Callable] = {
+    'dopri5': diffrax.Dopri5, 'rk45': diffrax.Dopri5, 'tsit5': diffrax.Tsit5,
+    'heun': diffrax.Heun, 'euler': diffrax.Euler}
+# Score evaluations of one step, and whether the last one is reused as the next step's
+# first (FSAL: diffrax then evaluates the first stage once, in the first step).
+_ODE_STAGES = {diffrax.Dopri5: (6, True), diffrax.Tsit5: (6, True), diffrax.Heun: (2, False),
+               diffrax.Euler: (1, False)}
+ODE_STEP_CONTROL = ('sample', 'batch')
 
 
-def get_ode_sampler(sde, shape, *, rtol=1e-5, atol=1e-5, method='RK45', eps=1e-3,
-                    denoise=False, max_steps=10000) -> Sampler:
-  """Probability-flow ODE sampler (Song et al. Eq. 13) with adaptive Dormand-Prince 5(4).
+def _per_sample_rms_max(err):
+  """Error norm of a batched solve: the largest per-sample RMS, (B,...) -> scalar."""
+  return jnp.max(jnp.sqrt(jnp.mean(jnp.square(err.reshape(err.shape[0], -1)), axis=-1)))
 
-  Solved inside JAX from t=T to t=eps, each sample with its own step size and error
-  control (RMS norm of err / (atol + rtol max(|y|, |y_new|)), as scipy's RK45), so a
-  sample does not depend on the rest of its batch. The reported NFE is the number of
-  batched score evaluations (2 for the initial step-size choice + 6 per attempted step
-  of the slowest sample + 1 for denoising); info['nfe_per_sample'] has each sample's own
-  count. `denoise` applies one reverse-diffusion step at eps, as score_sde's ODE sampler.
+
+def get_ode_sampler(sde, shape, *, rtol=1e-5, atol=1e-5, method='dopri5', eps=1e-3,
+                    denoise=False, max_steps=10000, steps=0, step_control='sample') -> Sampler:
+  """Probability-flow ODE sampler (Song et al. Eq. 13) solved with diffrax from t=T to eps.
+
+  Args:
+    sde: an sde_lib SDE. shape: (B, H, W, C) global batch shape.
+    rtol, atol: tolerances of the adaptive PID controller (config.sampling.ode_rtol/atol);
+      the error norm is the RMS of err / (atol + rtol max(|y|, |y_new|)), as scipy's RK45.
+    method: config.sampling.ode_method, a key of ODE_SOLVERS ('dopri5' = 'RK45' and
+      'tsit5' are adaptive 5th order, 'heun' 2nd, 'euler' 1st order and fixed-step only).
+    eps: the final time.
+    denoise: one reverse-diffusion step at eps afterwards, as score_sde's ODE sampler.
+    max_steps: bound on attempted steps (accepted + rejected) of an adaptive solve.
+    steps: config.sampling.ode_steps; 0 = adaptive steps, starting from dt = (T - eps)/100,
+      n > 0 = n uniform steps in t from T to eps (t_k = linspace(T, eps, n + 1)).
+    step_control: 'sample' vmaps diffeqsolve over the batch, so every sample has its own
+      step size and sample k does not depend on the batch; 'batch' is one solve of the
+      whole batch with a shared step, accepted when every sample's error norm is <= 1
+      (the same per-sample tolerance). Fixed steps are always one batched solve.
+  Returns:
+    a `Sampler`. Its run(rng, score_fn, precond=None, offset=0) returns (samples
+    (B,H,W,C), nfe, info): nfe is the number of batched score evaluations, i.e.
+    stages * steps (+1 for the first stage of FSAL solvers, +1 for denoise) where an
+    adaptive solve takes as many steps as its slowest sample; info['nfe_per_sample']
+    (B,) counts each sample's own steps, info['steps'] the batched steps, and
+    info['first_nonfinite_step'] is -1 when every solve succeeded with finite samples,
+    else the batched step count at which it stopped.
   """
-  if str(method).upper() not in ('RK45', 'DOPRI5'):
-    raise ValueError(f"config.sampling.ode_method={method!r}; valid: ['RK45', 'dopri5'].")
-  if not (rtol > 0 and atol > 0):
-    raise ValueError(f'ODE tolerances must be > 0, got rtol={rtol}, atol={atol}.')
+  name = _lookup(ODE_SOLVERS, method, 'config.sampling.ode_method')
+  solver_cls = ODE_SOLVERS[name]
+  per_step, fsal = _ODE_STAGES[solver_cls]
+  if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+    raise ValueError(f'config.sampling.ode_steps must be an integer >= 0 (0 = adaptive), '
+                     f'got {steps!r}.')
+  steps = int(steps)
+  if not (np.isfinite(rtol) and np.isfinite(atol) and rtol > 0 and atol > 0):
+    raise ValueError(f'config.sampling.ode_rtol and config.sampling.ode_atol must be finite '
+                     f'and > 0, got rtol={rtol!r}, atol={atol!r}.')
+  if steps == 0 and solver_cls is diffrax.Euler:
+    raise ValueError(f"config.sampling.ode_method={method!r} has no error estimate for "
+                     f"adaptive steps: set config.sampling.ode_steps > 0.")
+  if int(max_steps) < 1:
+    raise ValueError(f'ODE max_steps must be >= 1, got {max_steps!r}.')
+  if step_control not in ODE_STEP_CONTROL:
+    raise ValueError(f'ODE step_control={step_control!r}; valid: {list(ODE_STEP_CONTROL)}.')
   _check_common(shape, 1., 1, eps, sde)
   shape = tuple(int(s) for s in shape)
   B = shape[0]
   shard, _, local = _sharders(B)
   noise = _normal_fn(shape)
+  T = float(sde.T)
+  if steps:
+    controller = diffrax.StepTo(ts=np.linspace(T, eps, steps + 1))
+    dt0, max_steps = None, steps
+  else:
+    norm = {'norm': _per_sample_rms_max} if step_control == 'batch' else {}  # else RMS
+    controller = diffrax.PIDController(rtol=rtol, atol=atol, **norm)
+    dt0, max_steps = -(T - eps) / 100., int(max_steps)
+  vmapped = step_control == 'sample' and not steps
+
+  def solve(drift, y0):
+    """diffeqsolve of dy/dt = drift(t, y) from T to eps -> (y(eps), steps, success)."""
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(lambda t, y, args: drift(t, y)), solver_cls(), T, eps, dt0, y0,
+        stepsize_controller=controller, max_steps=max_steps, throw=False)
+    return sol.ys[-1], sol.stats['num_steps'], sol.result == diffrax.RESULTS.successful
 
   def run(rng, score_fn, precond=None, offset=0):
     del precond  # the probability-flow ODE is not preconditioned
     if local is not _no_local:
       score_fn = local(score_fn, (PartitionSpec('data'), PartitionSpec('data')))
-    rsde = sde.reverse(score_fn, probability_flow=True)
     keys = shard(sample_keys(rng, offset, B))
     y0 = shard(noise(keys, 0) * _prior_std(sde))
 
-    def f(y, t):
-      return rsde.sde(y, t)[0]
+    def batch_drift(y, t):
+      """Probability-flow drift f - 1/2 g^2 s (Eq. 13), y (B,...), t (B,) -> (B,...)."""
+      return shard(sde.reverse(score_fn, probability_flow=True).sde(shard(y), t)[0])
 
-    def rms(v):
-      return jnp.sqrt(jnp.mean(jnp.square(v.reshape(B, -1)), axis=-1))
+    if vmapped:
+      # The vmapped solve calls the drift on one sample at a time; custom_vmap hands
+      # the whole batch to the score function instead, so the network and its
+      # per-device sharding see (B,...) batches exactly as in the PC sampler.
+      # custom_vmap functions may not close over tracers (the network params):
+      # closure_convert makes them explicit arguments.
+      batch_drift_c, consts = jax.closure_convert(batch_drift, y0, jnp.full((B,), T, y0.dtype))
 
-    t0 = jnp.full((B,), sde.T, y0.dtype)
-    t_end = jnp.full((B,), eps, y0.dtype)
-    span = t0 - t_end
-    f0 = f(y0, t0)
-    # initial step (Hairer, Norsett & Wanner II.4), one extra evaluation
-    scale = atol + rtol * jnp.abs(y0)
-    d0, d1 = rms(y0 / scale), rms(f0 / scale)
-    h0 = jnp.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1)
-    h0 = jnp.minimum(h0, span)
-    f1 = f(y0 - _bcast(h0, y0) * f0, t0 - h0)
-    d2 = rms((f1 - f0) / scale) / h0
-    h1 = jnp.where(jnp.maximum(d1, d2) <= 1e-15, jnp.maximum(1e-6, h0 * 1e-3),
-                   (0.01 / jnp.maximum(d1, d2)) ** (1. / 5))
-    h = jnp.minimum(jnp.minimum(100 * h0, h1), span)
+      @jax.custom_batching.custom_vmap
+      def sample_drift(t, y, consts):
+        """One sample y (...), t () -> (...); only traced, the solve is always vmapped."""
+        yb = jnp.broadcast_to(y, (B,) + y.shape)
+        return batch_drift_c(yb, jnp.full((B,), t, y.dtype), *consts)[0]
 
-    def cond(c):
-      _, t, _, _, done, it, _ = c
-      return (~jnp.all(done)) & (it < max_steps)
+      @sample_drift.def_vmap
+      def _batched_drift(axis_size, in_batched, t, y, consts):
+        if axis_size != B or any(jax.tree_util.tree_leaves(in_batched[2])):
+          raise NotImplementedError('the ODE sampler is vmapped over its own batch only')
+        t = t if in_batched[0] else jnp.broadcast_to(t, (B,))
+        y = y if in_batched[1] else jnp.broadcast_to(y, (B,) + y.shape)
+        return batch_drift_c(y, t, *consts), True
 
-    def body(c):
-      y, t, h, k1, done, it, nfe = c
-      h = jnp.minimum(h, t - t_end)           # do not step past eps
-      hb = _bcast(-h, y)                      # integrate backwards in time
-      ks = [k1]
-      for s in range(1, 6):
-        ys = y + hb * sum(a * ks[j] for j, a in enumerate(_DP_A[s]))
-        ks.append(f(ys, t - _DP_C[s] * h))
-      y_new = y + hb * sum(b * ks[j] for j, b in enumerate(_DP_B))
-      k7 = f(y_new, t - h)
-      ks.append(k7)
-      err = hb * sum(e * ks[j] for j, e in enumerate(_DP_E))
-      sc = atol + rtol * jnp.maximum(jnp.abs(y), jnp.abs(y_new))
-      err_norm = rms(err / sc)
-      accept = (err_norm <= 1.) & ~done
-      factor = jnp.where(err_norm == 0, 10., jnp.clip(0.9 * err_norm ** (-1. / 5), 0.2, 10.))
-      factor = jnp.where(accept, factor, jnp.minimum(factor, 1.))
-      ab = _bcast(accept, y)
-      y = jnp.where(ab, y_new, y)
-      k1 = jnp.where(ab, k7, k1)
-      t_next = jnp.where(accept, t - h, t)
-      nfe = nfe + jnp.where(done, 0, 6)
-      done = done | (accept & (t_next <= t_end + 1e-7 * span))
-      h = jnp.where(done, h, h * factor)
-      return shard(y), t_next, h, shard(k1), done, it + 1, nfe
-
-    init = (y0, t0, h, f0, jnp.zeros((B,), bool), jnp.asarray(0, jnp.int32),
-            jnp.full((B,), 2, jnp.int32))
-    y, t, _, _, done, iters, nfe_s = jax.lax.while_loop(cond, body, init)
-    nfe = 2 + 6 * iters
+      drift = lambda t, y: sample_drift(t, y, consts)
+      y, n_steps, ok = jax.vmap(functools.partial(solve, drift))(y0)
+    else:
+      y, n_steps, ok = solve(lambda t, y: batch_drift(y, jnp.full((B,), t, y.dtype)), y0)
+      n_steps, ok = jnp.full((B,), n_steps), jnp.full((B,), ok)
+    iters = jnp.max(n_steps).astype(jnp.int32)
+    nfe_s = (per_step * n_steps + int(fsal)).astype(jnp.int32)
+    nfe = per_step * iters + int(fsal)
     if denoise:
       rev = sde.reverse(score_fn, probability_flow=False)
-      rev_f, _ = rev.discretize(y, t_end, jnp.asarray(0, jnp.int32))
-      y = y - rev_f
+      rev_f, _ = rev.discretize(y, jnp.full((B,), eps, y.dtype), jnp.asarray(0, jnp.int32))
+      y = shard(y - rev_f)
       nfe, nfe_s = nfe + 1, nfe_s + 1
-    bad = jnp.where(_all_finite(y) & jnp.all(done), -1, iters)
+    bad = jnp.where(_all_finite(y) & jnp.all(ok), -1, iters)
     return y, nfe, {'first_nonfinite_step': bad, 'nfe_per_sample': nfe_s, 'steps': iters}
 
   return Sampler(run)
@@ -598,8 +626,8 @@ def get_sampler_from_config(config, sde, shape, eps, preconditioner=None) -> Sam
   if method == 'ode':
     return get_ode_sampler(sde, shape, rtol=float(s.get('ode_rtol', 1e-5)),
                            atol=float(s.get('ode_atol', 1e-5)),
-                           method=str(s.get('ode_method', 'RK45')), eps=eps,
-                           denoise=bool(s.noise_removal))
+                           method=str(s.get('ode_method', 'dopri5')), eps=eps,
+                           denoise=bool(s.noise_removal), steps=s.get('ode_steps', 0))
   raise ValueError(f"config.sampling.method={s.method!r} is not known; valid: "
                    "['conjugate', 'ode', 'pc', 'splitting'].")
 
