@@ -41,7 +41,7 @@ def get_default_configs():
   sampling.seed = 0                       # sample k uses fold_in(PRNGKey(seed), k)
   sampling.speed_up = 1.0                 # PDS: N = int(num_scales / speed_up)
   sampling.eps = 0.0                      # smallest t; 0 -> 1e-5 (VE) / 1e-3 (VP) times speed_up
-  sampling.progress_every = 0             # >0: host callback every k steps (off by default)
+  sampling.progress_every = -1            # -1: auto (tqdm bar, ~5 % steps, shown after 2 s); 0: off; k: every k steps
   sampling.ode_rtol = 1e-5
   sampling.ode_atol = 1e-5
   sampling.ode_method = 'dopri5'          # diffrax solver: 'dopri5' (RK45) | 'tsit5' | 'heun' | 'euler'
@@ -57,13 +57,20 @@ def get_default_configs():
   sampling.b_matrix = 'identity'          # conjugate B: 'identity' | 'ones' (lam 1 1^T on [x; m]) |
                                           # 'spectral' (lam r^2, r the PDS frequency gain; needs pds)
   sampling.noise_scale = 1.0              # stochastic splitting: noise scale (1: reverse SDE, 0: ODE)
+  sampling.eps_frame = 'cholesky'         # frozen-eps frame of conjugate steps: 'cholesky' | 'natural' (CLD/PSLD)
   # Preconditioned diffusion sampling
   sampling.pds = pds = ml_collections.ConfigDict()
   pds.enabled = False
-  pds.filter = 'statistics'               # 'statistics' | 'parametric'
+  pds.filter = 'statistics'               # 'statistics' | 'parametric' | 'calibrated' (per-frequency
+                                          # gains optimised on the Gaussian proxy of freq_stats)
   pds.freq_stats = ''                     # path to the frequency statistic (.npy (C,H,W) or .npz)
   pds.space_stats = ''                    # path to the space statistic
-  pds.alpha = 5.0                         # gain = alpha / (S/max S + alpha - 1), alpha > 1
+  # gain = alpha / (S/max S + alpha - 1): a number > 1, 'inf' (M = I, vanilla) or 'auto' (the alpha
+  # minimising the Frechet distance on the Gaussian proxy of freq_stats, for this SDE, N, sampler)
+  pds.alpha = ml_collections.FieldReference(5.0, field_type=object)
+  pds.gain_file = ''                      # filter='calibrated': gain file of scripts/calibrate_pds.py;
+                                          # '' -> calibrate from freq_stats when sampling starts
+  pds.calibration_groups = 2048           # calibration: max distinct mode groups (more are binned)
   pds.radius = 0.0                        # parametric filter radius r (pixels); 0 -> 0.2 * H
   pds.lam = 1.0                           # parametric filter gain outside the radius
   pds.omega = 0.0                         # solenoidal term weight
@@ -80,6 +87,16 @@ def get_default_configs():
   evaluate.enable_loss = True
   evaluate.enable_bpd = False
   evaluate.bpd_dataset = 'test'
+  evaluate.sample_folder = ''             # --mode eval reads <workdir>/<this>; '' -> --sample_folder
+  evaluate.after_sampling = False         # --mode sample: evaluate the folder when sampling ends
+  evaluate.inception_path = ''            # FID Inception weights (.pth of pytorch-fid or converted .npz)
+  evaluate.inception_dtype = 'float32'    # 'float32' | 'bfloat16' Inception compute dtype
+  evaluate.ref_stats = ''                 # reference statistics .npz (mu, sigma[, features]);
+                                          # '' -> MNIST/DIGITS: assets/reference_stats/<dataset>_train.npz
+  evaluate.classifier_path = ''           # MNIST/DIGITS classifier; '' -> assets/classifiers/<dataset>_classifier.npz
+  evaluate.kid_subsets = 100              # KID: number of random subsets
+  evaluate.kid_subset_size = 1000         # KID: rows per subset (capped by the set sizes)
+  evaluate.is_splits = 10                 # Inception Score splits
 
   # data
   config.data = data = ml_collections.ConfigDict()
@@ -114,6 +131,8 @@ def get_default_configs():
   model.dtype = 'float32'                 # network compute dtype: 'float32' | 'bfloat16'
   model.checkpoint = ''                   # official checkpoint file/dir; '' -> <workdir>/checkpoints
   model.ckpt_id = 0                       # checkpoint_<k>; 0 -> newest
+  model.default_checkpoint = ''           # used when neither model.checkpoint nor <workdir>/checkpoints
+                                          # has one (bundled configs: a file under assets/)
 
   # optimization
   config.optim = optim = ml_collections.ConfigDict()

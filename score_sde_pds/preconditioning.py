@@ -62,6 +62,7 @@ This module is pure: no file I/O at import time; `load_statistics` and
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import uuid
@@ -87,7 +88,7 @@ __all__ = [
     'save_reference_statistics',
 ]
 
-VALID_FILTERS = ('statistics', 'parametric')
+VALID_FILTERS = ('statistics', 'parametric', 'calibrated')
 VALID_MODES = ('reference', 'marginal')
 
 _SPATIAL_AXES = (-3, -2)  # H, W of (..., H, W, C)
@@ -472,18 +473,8 @@ def save_reference_statistics(path, stat):
 
 
 def _resolve_path(path, workdir, key):
-  path = os.fspath(path)
-  tried = []
-  if os.path.isabs(path):
-    candidates = [path]
-  else:
-    candidates = ([os.path.join(workdir, path)] if workdir else []) + [path]
-  for cand in candidates:
-    tried.append(os.path.abspath(cand))
-    if os.path.isfile(cand):
-      return cand
-  raise FileNotFoundError(f'{key}={path!r}: file not found (tried '
-                          f'{", ".join(tried)})')
+  from score_sde_pds import utils
+  return utils.resolve_path(path, workdir, key)
 
 
 # ----------------------------------------------------------------------------
@@ -652,20 +643,41 @@ class Preconditioner:
                       shape=shape)
 
   @classmethod
-  def from_config(cls, config, workdir=None):
+  def from_config(cls, config, workdir=None, stats=None, info=None):
     """Builds the preconditioner of `config.sampling.pds`.
 
     Identity when `pds.enabled` is False. filter 'statistics': `freq_stats` /
     `space_stats` paths (empty -> gain 1; relative paths are looked up under
-    `workdir` first, then the current directory), `alpha`. filter 'parametric':
+    `workdir` first, then the current directory), `alpha`: a number > 1, 'inf' (M = I,
+    vanilla) or 'auto' (`calibration.auto_alpha`: the alpha minimising the Frechet
+    distance of the config's sampler on the Gaussian proxy of `freq_stats`, inf
+    included). filter 'calibrated': per-frequency gains r(k) from `gain_file`
+    (`calibration.save_gain`, scripts/calibrate_pds.py) or, when it is empty,
+    `calibration.calibrate_gain` on `freq_stats` (space gain 1). filter 'parametric':
     `radius` (0 -> 0.2 * H), `lam`. `omega` adds the solenoidal term. The image
     shape is (data.image_size, data.image_size, data.num_channels).
+
+    Args:
+      config: the config.
+      workdir: where relative statistics / gain paths are looked up first.
+      stats: optional {'freq': (H, W, C) or None, 'space': ...} used instead of the
+        statistics files (e.g. the analytic oracle's exact statistics).
+      info: optional dict, filled with what was chosen (run_lib's meta.json 'pds'
+        record): filter, alpha (a number, 'inf', or None), the proxy's predicted
+        Frechet distance of the choice ('proxy_fd') and of vanilla
+        ('proxy_fd_vanilla') where the frequency statistics exist (computed for fixed
+        filters only when `info` is given), ...
     """
+    from score_sde_pds import calibration
     pds = config.sampling.pds
+    record = info is not None      # predicted FDs of a fixed filter only when asked for
+    info = {} if info is None else info
     mode = pds.get('mode', 'reference')
     if mode not in VALID_MODES:
       raise ValueError(f'config.sampling.pds.mode={mode!r} is unknown; valid modes: '
                        f'{", ".join(VALID_MODES)}')
+    alpha = calibration.parse_alpha(pds.get('alpha', 5.0))
+    info.update(enabled=bool(pds.enabled))
     if not pds.enabled:
       return cls.identity()
     filt = pds.get('filter', 'statistics')
@@ -675,27 +687,83 @@ class Preconditioner:
     size = int(config.data.image_size)
     shape = (size, size, int(config.data.num_channels))
     omega = pds.get('omega', 0.0)
+    info.update(filter=filt, mode=mode)
     if filt == 'parametric':
       radius = float(pds.get('radius', 0.0))
       if radius < 0:
         raise ValueError(f'config.sampling.pds.radius must be >= 0, got {radius}')
       if radius == 0:
         radius = 0.2 * shape[0]
+      info.update(radius=radius, lam=float(pds.get('lam', 1.0)))
       return cls.parametric(shape, radius, pds.get('lam', 1.0), omega=omega)
-    alpha = _check_alpha(pds.get('alpha', 5.0))
-    paths = {}
-    for key in ('freq_stats', 'space_stats'):
-      val = pds.get(key, '') or ''
-      paths[key] = (_resolve_path(val, workdir, f'config.sampling.pds.{key}')
-                    if val else None)
-    if paths['freq_stats'] is None and paths['space_stats'] is None and not omega:
+    arrays = {}
+    for key in ('freq', 'space'):
+      if stats is not None:
+        arrays[key] = None if stats.get(key) is None else np.asarray(stats[key], np.float32)
+        continue
+      val = pds.get(f'{key}_stats', '') or ''
+      arrays[key] = (load_statistics(_resolve_path(val, workdir, f'config.sampling.pds.'
+                                                   f'{key}_stats'), shape=shape, kind=key)
+                     if val else None)
+    if filt == 'calibrated':
+      gain_file = pds.get('gain_file', '') or ''
+      if gain_file:
+        path = _resolve_path(gain_file, workdir, 'config.sampling.pds.gain_file')
+        gain, meta = calibration.load_gain(path, shape=shape)
+        info.update(gain_file=path, calibrated_for={k: v for k, v in meta.items() if k in (
+            'N', 'sde', 'predictor', 'corrector', 'snr', 'n_steps', 'mode', 'eta')})
+        if calibration.config_supported(config):
+          kw = calibration.config_kwargs(config)
+          differ = [f'{k}={meta[k]} (config: {kw[k]})' for k in (
+              'N', 'predictor', 'corrector', 'mode') if k in meta and str(meta[k]) != str(kw[k])]
+          if differ:
+            info['warning'] = (f'{path} was calibrated for another sampler: '
+                               + ', '.join(differ))
+            logging.getLogger(__name__).warning('config.sampling.pds.gain_file: %s',
+                                                info['warning'])
+      else:
+        if arrays['freq'] is None:
+          raise ValueError("config.sampling.pds.filter='calibrated' needs "
+                           'config.sampling.pds.gain_file (scripts/calibrate_pds.py writes '
+                           'it) or config.sampling.pds.freq_stats to calibrate on')
+        gain, cinfo = calibration.calibrate_gain(
+            arrays['freq'], return_info=True, **calibration.config_kwargs(config))
+        num = calibration.json_number
+        info.update(proxy_fd=num(cinfo['fd']), proxy_fd_vanilla=num(cinfo['fd_vanilla']),
+                    proxy_fd_alpha_filter=num(cinfo['fd_alpha']),
+                    alpha_filter=calibration.alpha_label(cinfo['alpha']),
+                    calibration=cinfo['method'],
+                    calibration_seconds=round(cinfo['seconds'], 3))
+      if (gain_file and arrays['freq'] is not None and record
+          and calibration.config_supported(config)):
+        info.update(zip(('proxy_fd', 'proxy_fd_vanilla'), map(
+            calibration.json_number, calibration.predicted_fd(
+                arrays['freq'], gain=gain, **calibration.config_kwargs(config)))))
+      info.update(alpha=None)
+      return cls.create(freq_gain=gain, omega=omega, shape=shape,
+                        name='config.sampling.pds.gain_file')
+    if arrays['freq'] is None and arrays['space'] is None and not omega:
       raise ValueError("config.sampling.pds.enabled=True with filter='statistics' "
                        'but neither config.sampling.pds.freq_stats nor '
                        'config.sampling.pds.space_stats is set (compute them with '
                        "scripts/compute_pds_statistics.py, or use filter='parametric')")
-    return cls.from_statistics(freq_stats=paths['freq_stats'],
-                               space_stats=paths['space_stats'], alpha=alpha,
-                               shape=shape, omega=omega)
+    if alpha == 'auto':
+      alpha, cinfo = calibration.auto_alpha(
+          arrays['freq'], space_stats=arrays['space'], return_info=True,
+          **calibration.config_kwargs(config))
+      info.update(alpha_setting='auto', proxy_fd=calibration.json_number(cinfo['fd']),
+                  proxy_fd_vanilla=calibration.json_number(cinfo['fd_vanilla']),
+                  calibration_seconds=round(cinfo['seconds'], 3))
+    elif record and arrays['freq'] is not None and calibration.config_supported(config):
+      info.update(zip(('proxy_fd', 'proxy_fd_vanilla'), map(
+          calibration.json_number, calibration.predicted_fd(
+              arrays['freq'], space_stats=arrays['space'], alpha=alpha,
+              **calibration.config_kwargs(config)))))
+    info.update(alpha=calibration.alpha_label(alpha))
+    if math.isinf(alpha):   # M = I (vanilla; the solenoidal term stays if omega != 0)
+      return cls.create(omega=omega, shape=shape)
+    return cls.from_statistics(freq_stats=arrays['freq'], space_stats=arrays['space'],
+                               alpha=alpha, shape=shape, omega=omega)
 
   # -- operators ------------------------------------------------------------
 

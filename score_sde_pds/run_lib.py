@@ -73,28 +73,47 @@ def validate_config(config, workdir=None, mode='sample'):
 def build_preconditioner(config, workdir=None):
   """The PDS operator of config.sampling.pds (identity when disabled).
 
-  For the analytic oracle with the statistics filter and no statistics files, the
-  oracle's exact statistics are used: R = log(1 + E|F x|^2), A = E[x^2] (data space).
+  For the analytic oracle with no statistics files, the oracle's exact statistics are
+  used (data space [0, 1], `sweep.oracle_statistics`): R = log(1 + E|F x|^2), A = E[x^2].
+  The operator carries `pds_info`, the record of what was chosen (the alpha, 'inf' for
+  vanilla, and the Gaussian proxy's predicted Frechet distances; see
+  `Preconditioner.from_config`'s `info`) for meta.json: a plain attribute, not part of
+  the pytree (tree maps drop it).
   """
   from score_sde_pds import preconditioning
   pds = config.sampling.pds
-  if (pds.enabled and config.model.name == 'analytic_gaussian' and pds.filter == 'statistics'
+  stats = None
+  if (pds.enabled and config.model.name == 'analytic_gaussian' and pds.filter != 'parametric'
       and not pds.freq_stats and not pds.space_stats):
-    from score_sde_pds.models import analytic
-    field = analytic.GaussianField.from_config(config)
-    size, ch = config.data.image_size, config.data.num_channels
-    return preconditioning.Preconditioner.from_statistics(
-        freq_stats=np.log1p(np.asarray(field.second_moment_spectrum())),
-        space_stats=np.asarray(field.pixel_second_moment()), alpha=float(pds.alpha),
-        shape=(size, size, ch), omega=float(pds.omega))
-  return preconditioning.Preconditioner.from_config(config, workdir)
+    from score_sde_pds import sweep
+    stats = sweep.oracle_statistics(config)
+  info = {}
+  precond = preconditioning.Preconditioner.from_config(config, workdir, stats=stats, info=info)
+  if info.get('enabled'):
+    log.info('PDS: %s', ', '.join(f'{k}={v}' for k, v in info.items()))
+  object.__setattr__(precond, 'pds_info', info)
+  return precond
 
 
 # ----------------------------------------------------------------------------- models
 
 
 def _checkpoint_path(config, workdir):
-  return config.model.get('checkpoint', '') or os.path.join(workdir, 'checkpoints')
+  """config.model.checkpoint; else <workdir>/checkpoints when it holds a checkpoint; else the
+  config's bundled config.model.default_checkpoint (resolved under workdir, the current
+  directory, then the repository root); else <workdir>/checkpoints (for the error message)."""
+  from score_sde_pds import checkpoints
+  explicit = config.model.get('checkpoint', '') or ''
+  if explicit:
+    return explicit
+  own = os.path.join(workdir, 'checkpoints')
+  bundled = config.model.get('default_checkpoint', '') or ''
+  if bundled:
+    try:
+      checkpoints.find_checkpoint(own, int(config.model.get('ckpt_id', 0) or 0) or None)
+    except FileNotFoundError:
+      return utils.resolve_path(bundled, workdir, 'config.model.default_checkpoint')
+  return own
 
 
 def check_inputs(config, workdir):
@@ -198,7 +217,8 @@ def sample(config, workdir, sample_folder='samples'):
   meta = {'config': utils.config_to_dict(config), 'num_rounds': num_rounds, 'batch_size': B,
           'num_samples': int(s.num_samples), 'sde_N': sde.N, 'eps': eps,
           'device_count': jax.device_count(), 'process_count': jax.process_count(),
-          'backend': jax.default_backend(), 'versions': utils.versions(), 'rounds': {}}
+          'backend': jax.default_backend(), 'versions': utils.versions(), 'rounds': {},
+          'pds': getattr(precond, 'pds_info', None)}
   if os.path.exists(meta_path):
     try:
       import json
@@ -239,6 +259,11 @@ def sample(config, workdir, sample_folder='samples'):
       utils.atomic_write_json(meta_path, meta)
   if is_writer:
     utils.atomic_write_json(meta_path, meta)
+  if bool(config.eval.get('after_sampling', False)):
+    from score_sde_pds.evaluation import evaluator
+    result = evaluate_samples(config, workdir, folder)
+    if result is not None:
+      print(evaluator.summary_line(result), flush=True)
   return folder
 
 
@@ -256,30 +281,38 @@ def load_samples(folder):
 
 
 def evaluate(config, workdir, sample_folder='samples'):
-  """Scores the samples in <workdir>/<sample_folder> and writes eval.json there.
+  """Scores the samples in <workdir>/<sample_folder> (config.eval.sample_folder overrides the
+  argument) and writes eval.json there.
 
   For the analytic oracle: the exact Frechet distance to the target field and the
-  per-frequency variance errors (no Inception network needed). Other datasets need
-  FID/IS statistics and Inception weights, which this project cannot download: that
-  evaluation is not implemented yet and raises NotImplementedError.
+  per-frequency variance errors. For MNIST/DIGITS: MNIST-FD, confident share and class
+  histogram from the project's digit classifier; for other images FID/KID/IS with the FID
+  Inception weights of config.eval.inception_path (score_sde_pds.evaluation.evaluator).
   """
+  folder = os.path.join(workdir, config.eval.get('sample_folder', '') or sample_folder)
+  return evaluate_samples(config, workdir, folder)
+
+
+def evaluate_samples(config, workdir, folder):
+  """`evaluate` on an explicit sample folder path."""
   from score_sde_pds import datasets
   from score_sde_pds.models import analytic
-  folder = os.path.join(workdir, sample_folder)
   if config.model.name != 'analytic_gaussian':
-    raise NotImplementedError(
-        'evaluate: FID/IS/KID need Inception weights and dataset statistics, which are not '
-        'available offline; only the analytic oracle (configs/analytic/*) is evaluated.')
+    from score_sde_pds.evaluation import evaluator
+    if jax.process_index() != 0:
+      return None
+    return evaluator.evaluate_folder(config, folder, workdir)
   field = analytic.GaussianField.from_config(config)
   x = load_samples(folder)
   x = np.asarray(datasets.get_data_scaler(config)(x))
   spec = analytic.measured_spectrum(x, mean=np.asarray(field.mean))
   rel = spec / np.asarray(field.spectrum) - 1.
-  result = {'num_samples': int(x.shape[0]),
+  result = {'metric': 'frechet_distance', 'num_samples': int(x.shape[0]),
             'frechet_distance': analytic.frechet_distance(x, field),
             'spectrum_rel_error_mean': float(np.mean(np.abs(rel))),
             'spectrum_rel_error_max': float(np.max(np.abs(rel))),
             'spectrum_log_ratio_mean': float(np.mean(np.log(spec / np.asarray(field.spectrum))))}
+  result['value'] = result['frechet_distance']
   if jax.process_index() == 0:
     utils.atomic_write_json(os.path.join(folder, 'eval.json'), result)
   return result

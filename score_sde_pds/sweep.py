@@ -40,11 +40,16 @@ exact Frechet distance of its samples to the target field
 spectrum)| (`analytic.measured_spectrum` about the field mean), both in model space.
 Both are finite-sample estimates; `SweepResult.floor` holds their values on as many
 EXACT oracle samples (fd is biased upwards unless num_samples >> H W C). Where the
-sampler is linear and stationary on the oracle (VE, reverse_diffusion or
-euler_maruyama, no corrector, reference mode) fd_exact / spec_err_exact are the exact
-population values in closed form (`exact_oracle_moments`), free of sampling error.
-Network models have no metric yet (FID needs Inception weights): fd and spec_err are
-NaN there and the table says so. Every cell also records its NFE and seconds (the
+sampler is linear and stationary on the oracle (every PC sampler on VE / VP / subVP)
+fd_exact / spec_err_exact are the exact population values of the per-mode recursion
+`calibration.exact_moments`, free of sampling error (the langevin corrector's step size
+there uses the expected norms).
+Network models get the metric of their dataset (score_sde_pds.evaluation.evaluator:
+MNIST-FD and the confident share for MNIST/DIGITS with the shipped classifier; FID when
+config.eval.inception_path and config.eval.ref_stats are set) in the columns metric /
+value (+ value_std, its bootstrap std with Grid.bootstrap > 0) and the real held-out
+images' value as the floor; fd and spec_err stay NaN (oracle only), and without a feature
+network value is NaN and the table says so. Every cell also records its NFE and seconds (the
 execution time of its program divided by the number of cells it sampled; compilation
 is timed separately, `compile_seconds`).
 
@@ -70,7 +75,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde_pds import preconditioning, sampling, sde_lib, utils
+from score_sde_pds import calibration, preconditioning, sampling, sde_lib, utils
 
 ORACLE_MODEL = 'analytic_gaussian'
 FILTERS = ('statistics', 'parametric')
@@ -78,11 +83,12 @@ STATS_CHOICES = ('auto', 'freq', 'space', 'freq,space')
 
 CSV_COLUMNS = ('filter', 'alpha', 'radius', 'lam', 'omega', 'N', 'num_scales', 'speed_up',
                'predictor', 'corrector', 'snr', 'nfe', 'fd', 'spec_err', 'fd_exact',
-               'spec_err_exact', 'seconds',
+               'spec_err_exact', 'metric', 'value', 'value_std', 'confident_share', 'seconds',
                'compile_seconds', 'nonfinite_step', 'num_samples', 'program')
 
-NO_METRIC_NOTE = ('fd and spec_err are NaN: no sample-quality metric exists yet for network '
-                  'models (FID needs Inception weights); only the analytic oracle is scored.')
+NO_METRIC_NOTE = ('no metric: this dataset is scored with FID, which needs '
+                  'config.eval.inception_path (the FID Inception weights) and config.eval.ref_stats; '
+                  'value is NaN.')
 
 
 # ----------------------------------------------------------------------------- grid
@@ -147,6 +153,7 @@ class Grid:
     batch_size: samples per program call (all cells of a block at once); 0 -> all.
     stats: which statistics the statistics filter uses: 'auto' (the oracle: both; a
       network: the files the config names), 'freq', 'space' or 'freq,space'.
+    bootstrap: network metrics: resamples for the metric's bootstrap std (0: none).
   """
   filters: Sequence[str] = ('statistics',)
   alphas: Sequence[float] = (1.5, 2., 3., 5., 8.)
@@ -160,6 +167,7 @@ class Grid:
   num_samples: int = 512
   batch_size: int = 0
   stats: str = 'auto'
+  bootstrap: int = 0
 
 
 def parse_samplers(spec: Sequence[str]) -> list[tuple[str, str]]:
@@ -461,72 +469,6 @@ class OracleMetrics:
       return float('nan'), float('nan')
 
 
-def exact_oracle_moments(field, sde, eps, precond, predictor, corrector, *, denoise=True,
-                         pds_mode='reference', probability_flow=False):
-  """Exact output law of the PC sampler on the oracle, where it is linear and stationary.
-
-  Covers the VE SDE, predictor 'reverse_diffusion' or 'euler_maruyama', corrector
-  'none', pds_mode 'reference', a preconditioner whose space gain d is constant (true
-  for the oracle's statistics, which are stationary) or absent. Then every step is
-  Fourier-diagonal: with y = F[x - mu] / sqrt(HW) per channel and frequency k,
-    y <- a_k y + G_k m(k) w,   a_k = 1 - G_k^2 c(k) / (s(k) + sigma(t_k)^2),
-  c = m^2 + i omega phi the Fourier multiplier of M M^T + omega S (m = r d),
-  G_k^2 = sigma_i^2 - sigma_{i-1}^2 (reverse diffusion) or g(t_k)^2 / N (Euler-
-  Maruyama); the prior is sigma_max M z, mean 0. So the output is a stationary
-  Gaussian with per-frequency variance v(k) (the recursion v <- |a|^2 v + G^2 m^2, the
-  last step without noise when `denoise`) and per-channel mean mu + e_c.
-
-  Returns:
-    None when not covered, else dict: 'spectrum' v (H, W, C) (the target's is
-    field.spectrum), 'mean_error' e (C,), 'fd' the exact (population) Frechet distance
-    HW sum_c e_c^2 + sum_{k,c} (sqrt(v) - sqrt(s))^2, and 'spec_err' mean |log(v / s)|.
-  """
-  if not (isinstance(sde, sde_lib.VESDE) and predictor in ('reverse_diffusion',
-                                                           'euler_maruyama')
-          and corrector == 'none' and pds_mode == 'reference' and not probability_flow):
-    return None
-  H, W, C = field.shape
-  s = np.asarray(field.spectrum, np.float64)
-  mu = np.broadcast_to(np.asarray(field.mean, np.float64), (C,))
-  m2 = np.ones((H, W, C))
-  c_skew = np.zeros((H, W, C))
-  if precond is not None:
-    if precond.use_freq:
-      m2 = m2 * np.broadcast_to(np.asarray(precond.freq_gain, np.float64), (H, W, C)) ** 2
-    if precond.use_space:
-      d = np.broadcast_to(np.asarray(precond.space_gain, np.float64), (H, W, C))
-      if np.ptp(d) > 1e-6 * np.max(np.abs(d)):
-        return None                       # a non-constant d is not Fourier-diagonal
-      m2 = m2 * d ** 2
-    if precond.use_skew:
-      c_skew = float(precond.omega) * np.broadcast_to(
-          np.asarray(precond.skew_phase, np.float64), (H, W, C))
-  c = m2 + 1j * c_skew
-  N = sde.N
-  sig_min, sig_max = float(sde.sigma_min), float(sde.sigma_max)
-  sigmas = np.exp(np.linspace(np.log(sig_min), np.log(sig_max), N))
-  ts = np.linspace(sde.T, eps, N)
-  v = sig_max ** 2 * m2
-  e = -mu.copy()
-  for k in range(N):
-    i = N - 1 - k
-    t = ts[k]
-    sigma_t = sig_min * (sig_max / sig_min) ** t
-    if predictor == 'reverse_diffusion':
-      g2 = sigmas[i] ** 2 - (sigmas[i - 1] ** 2 if i > 0 else 0.)
-    else:
-      g2 = sigma_t ** 2 * 2 * (np.log(sig_max) - np.log(sig_min)) / N
-    a = 1. - g2 * c / (s + sigma_t ** 2)
-    v = np.abs(a) ** 2 * v
-    e = a[0, 0].real * e                 # phi(0) = 0: the DC multiplier is real
-    if not (denoise and k == N - 1):
-      v = v + g2 * m2
-  with np.errstate(over='ignore', invalid='ignore', divide='ignore'):
-    fd = float(H * W * np.sum(e ** 2) + np.sum((np.sqrt(v) - np.sqrt(s)) ** 2))
-    spec_err = float(np.mean(np.abs(np.log(v / s))))
-  return {'spectrum': v, 'mean_error': e, 'fd': fd, 'spec_err': spec_err}
-
-
 def sample_rounds(runner, rng, params, states, precond, num_samples, batch_size,
                   keep=True):
   """Runs `runner` over ceil(num_samples / batch_size) rounds (round r: offset r B).
@@ -568,15 +510,20 @@ class SweepResult:
       compile_seconds, seconds, and the GridRunner `runner` with its (stacked)
       preconditioner argument `precond`).
     note: the table's header note.
-    floor: oracle only: {'fd', 'spec_err'} of num_samples EXACT oracle samples (same
-      estimators), the finite-sample floor of fd / spec_err; None otherwise.
+    floor: oracle: {'fd', 'spec_err'} of num_samples EXACT oracle samples (same
+      estimators), the finite-sample floor of fd / spec_err; networks: {'metric', 'value',
+      'value_std', 'num_samples', 'reference'} of real held-out images; None otherwise.
     samples: with keep_samples, (block index, FilterSetting) -> (n, H, W, C) samples.
+    metric_key: the row key tables and plots rank by ('fd' for the oracle, 'value' for
+      networks, whose metric is named in the rows' 'metric' and in metric_name).
   """
   rows: list
   programs: list
   note: str
   floor: Optional[dict] = None
   samples: Optional[dict] = None
+  metric_key: str = 'fd'
+  metric_name: str = 'Frechet distance (samples)'
 
 
 def _float_list(values, default):
@@ -658,6 +605,12 @@ def run_sweep(config, workdir=None, grid: Optional[Grid] = None, keep_samples=Fa
     floor = {'fd': fd0, 'spec_err': se0}
     log(f'estimator floor: {num_samples} exact oracle samples have fd={fd0:.5g} '
         f'spec_err={se0:.4g}')
+  extractor = ref = None
+  metric_name = 'Frechet distance (samples)'
+  if not oracle:
+    extractor, ref, floor = _network_metric(config, workdir, num_samples, int(grid.bootstrap), log)
+    if extractor is not None:
+      metric_name = floor['metric'] if floor else 'value'
   continuous = bool(config.training.continuous)
   identity = preconditioning.Preconditioner.identity()
 
@@ -672,7 +625,8 @@ def run_sweep(config, workdir=None, grid: Optional[Grid] = None, keep_samples=Fa
     for cells, cell_precs, precond, batched in jobs:
       runner = GridRunner(sampler, sde, model, continuous, ns, batched=batched)
       samples, bad, seconds = sample_rounds(runner, rng, params, states, precond,
-                                            num_samples, B, keep=oracle or keep_samples)
+                                            num_samples, B,
+                                            keep=oracle or keep_samples or extractor is not None)
       prog = len(programs)
       programs.append({'program': prog, 'block': b, 'N': sde.N, 'sampler': ss.label,
                        'cells': len(cells), 'cache_size': runner.cache_size(),
@@ -683,23 +637,36 @@ def run_sweep(config, workdir=None, grid: Optional[Grid] = None, keep_samples=Fa
         if oracle:
           if bad[j] < 0:
             fd, spec_err = metrics(samples[j])
-          ex = exact_oracle_moments(
-              params, sde, eps, p, ss.predictor, ss.corrector,
-              denoise=bool(cfg.sampling.noise_removal),
-              pds_mode=str(cfg.sampling.pds.get('mode', 'reference')),
-              probability_flow=bool(cfg.sampling.probability_flow))
-          if ex is not None:
+          if calibration.supports(sde, ss.predictor, ss.corrector):
+            ex = calibration.exact_moments(
+                params, sde, eps, p, ss.predictor, ss.corrector, snr=ss.snr,
+                n_steps=int(cfg.sampling.n_steps_each),
+                denoise=bool(cfg.sampling.noise_removal),
+                pds_mode=str(cfg.sampling.pds.get('mode', 'reference')),
+                eta=float(cfg.sampling.pds.get('eta', 1.)),
+                probability_flow=bool(cfg.sampling.probability_flow))
             fd_exact, spec_exact = ex['fd'], ex['spec_err']
+        net = {'metric': None, 'value': float('nan'), 'value_std': float('nan'),
+               'confident_share': float('nan')}
+        if extractor is not None:
+          from score_sde_pds.evaluation import evaluator
+          net['metric'] = metric_name
+          if bad[j] < 0:
+            res = evaluator.score_outputs(evaluator.extract(extractor, samples[j]), extractor,
+                                          ref, config, bootstrap=int(grid.bootstrap))
+            net.update({k: res[k] for k in ('value', 'value_std', 'confident_share')
+                        if res.get(k) is not None})
         if keep_samples:
           kept[(b, s)] = samples[j]
         rows.append(dict(base, filter=s.filter, alpha=s.alpha, radius=s.radius, lam=s.lam,
                          omega=s.omega if s.filter != 'vanilla' else None, nfe=runner.nfe,
                          fd=fd, spec_err=spec_err, fd_exact=fd_exact,
-                         spec_err_exact=spec_exact, seconds=seconds / len(cells),
+                         spec_err_exact=spec_exact, **net, seconds=seconds / len(cells),
                          compile_seconds=runner.compile_seconds,
                          nonfinite_step=int(bad[j]), program=prog))
         log(f'N={sde.N:4d} {ss.label:32s} {s.label:28s} nfe={runner.nfe:5d} '
-            f'fd={fd:.5g} fd_exact={fd_exact:.5g} spec_err={spec_err:.4g} '
+            + (f'{metric_name}={net["value"]:.5g} ' if extractor is not None else
+               f'fd={fd:.5g} fd_exact={fd_exact:.5g} spec_err={spec_err:.4g} ') +
             f'({seconds / len(cells):.2f} s/cell)')
   if oracle:
     note = (f'Analytic oracle, {num_samples} samples per cell, seed '
@@ -709,12 +676,44 @@ def run_sweep(config, workdir=None, grid: Optional[Grid] = None, keep_samples=Fa
             f'{num_samples} EXACT oracle samples score fd={floor["fd"]:.4g}, '
             f'spec_err={floor["spec_err"]:.3g} (the floor; fd is biased upwards when '
             'num_samples is not >> H*W*C). fd_exact / spec_err_exact: the exact population '
-            'values of the sampler output (closed form, `exact_oracle_moments`; VE, '
-            'reverse_diffusion or euler_maruyama, no corrector, reference mode), else NaN.')
+            'values of the sampler output (the per-mode recursion '
+            '`calibration.exact_moments`; with the langevin corrector its step size uses '
+            'the expected norms), else NaN.')
+  elif extractor is not None:
+    note = (f'{config.data.dataset}, {num_samples} samples per cell, seed '
+            f'{int(config.sampling.seed)} (the same noise in every cell). value: {metric_name} '
+            f'({extractor.name} features, reference {floor.get("reference", "")})'
+            + (f'; value_std: its bootstrap std over {int(grid.bootstrap)} resamples of the '
+               'samples' if int(grid.bootstrap) else '')
+            + f'. Real held-out images ({floor["num_samples"]}) score {floor["value"]:.4g} '
+            '(the floor).')
   else:
     note = NO_METRIC_NOTE
   return SweepResult(rows=rows, programs=programs, note=note, floor=floor,
-                     samples=kept if keep_samples else None)
+                     samples=kept if keep_samples else None,
+                     metric_key='fd' if oracle else 'value', metric_name=metric_name)
+
+
+def _network_metric(config, workdir, num_samples, bootstrap, log):
+  """(extractor, reference, floor) of a network config's dataset metric, or Nones when its
+  feature network is not available (FID without config.eval.inception_path). floor: the
+  metric of up to num_samples real held-out images."""
+  from score_sde_pds import datasets
+  from score_sde_pds.evaluation import evaluator
+  try:
+    extractor = evaluator.get_extractor(config, workdir)
+    ref, ref_path = evaluator.load_reference(config, workdir, extractor)
+  except FileNotFoundError as e:
+    log(f'no metric: {e}')
+    return None, None, None
+  test = datasets.get_dataset(config, 'test')
+  n = min(num_samples, len(test))
+  res = evaluator.score_outputs(evaluator.extract(extractor, test.get_batch(range(n))),
+                                extractor, ref, config, bootstrap=bootstrap)
+  floor = {'metric': res['metric'], 'value': res['value'], 'value_std': res.get('value_std'),
+           'num_samples': n, 'reference': ref_path}
+  log(f'metric {res["metric"]}: {n} real held-out images score {res["value"]:.5g} (floor)')
+  return extractor, ref, floor
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -743,7 +742,7 @@ def csv_bytes(rows) -> bytes:
 
 
 _INT_COLUMNS = ('N', 'num_scales', 'nfe', 'nonfinite_step', 'num_samples', 'program')
-_STR_COLUMNS = ('filter', 'predictor', 'corrector')
+_STR_COLUMNS = ('filter', 'predictor', 'corrector', 'metric')
 
 
 def rows_from_csv(text: str) -> list:
@@ -783,17 +782,25 @@ def best_per_n(rows, key='fd') -> dict:
 def markdown(result: SweepResult) -> str:
   """sweep.md: a header note and one table, the best cell (smallest fd) per N in bold."""
   rows = result.rows
-  best = set(best_per_n(rows).values())
+  key = result.metric_key
+  best = set(best_per_n(rows, key).values())
   has_exact = any(_ok(r.get('fd_exact')) for r in rows)
   best_exact = set(best_per_n(rows, 'fd_exact').values())
   cols = [('filter', 'filter'), ('alpha', 'alpha'), ('radius', 'radius'), ('lam', 'lam'),
           ('omega', 'omega'), ('N', 'N'), ('predictor', 'predictor'),
-          ('corrector', 'corrector'), ('snr', 'snr'), ('nfe', 'NFE'), ('fd', 'FD'),
-          ('spec_err', 'spec err')]
+          ('corrector', 'corrector'), ('snr', 'snr'), ('nfe', 'NFE')]
+  if key == 'fd':
+    cols += [('fd', 'FD'), ('spec_err', 'spec err')]
+  else:
+    cols += [('value', result.metric_name)]
+    for extra, head in (('value_std', 'std'), ('confident_share', 'confident')):
+      if any(_ok(r.get(extra)) for r in rows):
+        cols.append((extra, head))
   if has_exact:
     cols += [('fd_exact', 'FD exact'), ('spec_err_exact', 'spec err exact')]
   cols += [('seconds', 's/cell')]
-  legend = ('Bold: the best cell (smallest FD) per N.' +
+  legend = (f'Bold: the best cell (smallest {"FD" if key == "fd" else result.metric_name}) '
+            'per N.' +
             (' +: the smallest FD exact per N.' if has_exact else '') +
             " s/cell: execution time of the cell's program divided by its cells "
             '(compilation excluded).')
@@ -839,10 +846,11 @@ def plot_png(result: SweepResult) -> bytes:
     k = (r['predictor'], r['corrector'], r['snr'])
     if k not in sampler_keys:
       sampler_keys.append(k)
-  panels = [('fd', 'Frechet distance (samples)')]
+  panels = [(result.metric_key, result.metric_name)]
   if any(_ok(r.get('fd_exact')) for r in rows):
     panels.append(('fd_exact', 'Frechet distance (exact)'))
-  panels.append(('spec_err', 'mean |log spectrum ratio|'))
+  if result.metric_key == 'fd':
+    panels.append(('spec_err', 'mean |log spectrum ratio|'))
   floor = result.floor or {}
 
   fig, axes = plt.subplots(len(panels), len(filters),
@@ -881,7 +889,8 @@ def plot_png(result: SweepResult) -> bytes:
                      linewidth=1.2, label=f'vanilla N={r["N"]} {r["predictor"]}:{r["corrector"]}')
       if _ok(floor.get(metric)):
         ax.axhline(floor[metric], color='black', linestyle=':', linewidth=1,
-                   label='exact oracle samples (estimator floor)')
+                   label=('exact oracle samples (estimator floor)' if metric != 'value'
+                          else 'real held-out images (floor)'))
       if finite:
         ax.set_yscale('log')
         ax.set_ylim(top=top * 1.3)

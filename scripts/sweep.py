@@ -10,8 +10,10 @@ Writes into --workdir: sweep.csv (one row per cell), sweep.md (a table, best cel
 in bold), sweep.png (metric vs alpha or lam per N, vanilla dashed), all atomically.
 For one (N, sampler options) block every preconditioner of the filter/omega grid is
 stacked into one pytree and the sampler is vmapped over it in ONE jitted program;
-the vanilla baseline (identity) is a row of every block. Metrics (exact Frechet
-distance, spectrum error) exist for the analytic oracle only; network models get NaN.
+the vanilla baseline (identity) is a row of every block. Metrics: the exact Frechet
+distance and spectrum error on the analytic oracle; the dataset's metric for networks
+(MNIST-FD for MNIST/DIGITS, FID with config.eval.inception_path/ref_stats set), with
+--bootstrap resamples for its estimator noise.
 The logic is in score_sde_pds/sweep.py.
 """
 import os
@@ -45,6 +47,7 @@ flags.DEFINE_integer('batch_size', 0, 'Samples per program call; 0 -> num_sample
                      'oracle, config.sampling.batch_size otherwise.')
 flags.DEFINE_enum('stats', 'auto', ['auto', 'freq', 'space', 'freq,space'],
                   'Statistics used by the statistics filter.')
+flags.DEFINE_integer('bootstrap', 0, 'Network metrics: bootstrap resamples for the std (0: none).')
 flags.DEFINE_string('compilation_cache', os.path.join('~', '.cache', 'score_sde_pds_jax'),
                     "Persistent JAX compilation cache folder ('' to disable).")
 flags.mark_flags_as_required(['config', 'workdir'])
@@ -75,7 +78,7 @@ def main(argv):
         speed_ups=_floats(FLAGS.speed_ups, 'speed_ups'),
         samplers=sweep.parse_samplers(FLAGS.samplers),
         snrs=_floats(FLAGS.snrs, 'snrs'), num_samples=FLAGS.num_samples,
-        batch_size=FLAGS.batch_size, stats=FLAGS.stats)
+        batch_size=FLAGS.batch_size, stats=FLAGS.stats, bootstrap=FLAGS.bootstrap)
     os.makedirs(FLAGS.workdir, exist_ok=True)
     result = sweep.run_sweep(config, FLAGS.workdir, grid, log=lambda s: print(s, flush=True))
   except (ValueError, FileNotFoundError, NotImplementedError) as e:

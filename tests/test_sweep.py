@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from configs.analytic import gaussian_field
-from score_sde_pds import sampling, sde_lib, sweep
+from score_sde_pds import calibration, sampling, sde_lib, sweep
 from score_sde_pds.models import analytic
 from score_sde_pds.models import utils as mutils
 
@@ -136,7 +136,7 @@ def test_oracle_sanity_fd_matches_direct_and_exact_prediction(swept, separate):
   exact = {}
   for (_, s), x in res.samples.items():
     p = sweep.build_preconditioner(s, SHAPE, stats)
-    ex = sweep.exact_oracle_moments(field, sde, eps, p, 'reverse_diffusion', 'none')
+    ex = calibration.exact_moments(field, sde, eps, p, 'reverse_diffusion', 'none')
     exact[s.alpha] = ex['fd']
     assert rows[(s.filter, s.alpha)]['fd_exact'] == pytest.approx(ex['fd'], rel=1e-9)
     if ex['fd'] > 1e3:

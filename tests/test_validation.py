@@ -35,7 +35,7 @@ def _cfg(**over):
     ('sampling.snr', 0.0, r'snr must be > 0, got 0.0'),
     ('sampling.snr', -1.0, r'snr must be > 0'),
     ('sampling.n_steps_each', 0, r'n_steps_each must be >= 1'),
-    ('sampling.method', 'sde', r"method='sde'.*\['ode', 'pc'\]"),
+    ('sampling.method', 'sde', r"method='sde'.*'ode', 'pc', 'splitting'"),
     ('sampling.corrector_norm', 'mean', r"corrector_norm='mean'.*batch.*sample"),
     ('sampling.batch_size', 0, r'batch_size must be >= 1'),
     ('sampling.num_samples', 0, r'num_samples must be >= 1'),
