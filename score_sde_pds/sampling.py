@@ -404,7 +404,12 @@ def get_pc_sampler(sde, shape, predictor, corrector, *, snr, n_steps=1,
     preconditioner: default Preconditioner (None = vanilla); may be overridden per call.
     pds_mode: 'reference' (fudan-zvg/PDS) or 'marginal'. eta: marginal-mode weight.
     corrector_norm: 'batch' (global batch-mean norms, score_sde) or 'sample'.
-    progress_every, progress_fn: host callback progress_fn(step) every k steps (0: off).
+    progress_every: progress reports every k steps (k > 0), about every 5 % of the steps
+      (-1, auto) or none (0, default); see `_progress_interval`. With reports on, the
+      steps run as ceil(N / k) chunks with an unordered host callback
+      progress_fn(step) at 0, k, 2k, ..., N (the samples are the same bit for bit).
+    progress_fn: host function of the step count; default a `ProgressBar` (tqdm; with
+      -1 shown only once a run has taken 2 s).
     noise_source: optional noise_source(k, tag) -> (B,H,W,C) replacing the per-sample
       Gaussian draws, to replay recorded noise (k = -1: prior; k = step; tag 0:
       predictor, j + 1: corrector sub-step j).
@@ -426,6 +431,13 @@ def get_pc_sampler(sde, shape, predictor, corrector, *, snr, n_steps=1,
   nfe = N * (_PREDICTOR_NFE[pred_name] + _CORRECTOR_NFE[corr_name] * int(n_steps))
   shard, replicate, local = _sharders(shape[0])
   noise = _normal_fn(shape)
+  interval = _progress_interval(progress_every, N)
+  if interval and progress_fn is None:
+    progress_fn = ProgressBar(N, delay=2. if progress_every == -1 else 0.)
+
+  def _report(step, dep):
+    # unordered host callback: no token threading, the device never waits for the host
+    jax.debug.callback(lambda s, _: progress_fn(s), step, dep[(0,) * dep.ndim])
 
   def run(rng, score_fn, precond=None, offset=0):
     if local is not _no_local:
@@ -440,7 +452,7 @@ def get_pc_sampler(sde, shape, predictor, corrector, *, snr, n_steps=1,
     x = shard(prior * _prior_std(sde, shape[-1]))
     timesteps = jnp.linspace(sde.T, eps, N)
 
-    def body(carry, k):
+    def step(k, carry):
       x, x_mean, bad = carry
       t = jnp.full((shape[0],), timesteps[k], x.dtype)
       i = N - 1 - k
@@ -451,13 +463,25 @@ def get_pc_sampler(sde, shape, predictor, corrector, *, snr, n_steps=1,
       x, x_mean = predictor_fn(sctx, x, t, i, step_keys)
       x, x_mean = shard(x), shard(x_mean)
       bad = jnp.where((bad < 0) & ~_all_finite(x), k, bad)
-      if progress_every and progress_fn is not None:
-        jax.lax.cond((k + 1) % progress_every == 0,
-                     lambda: jax.debug.callback(progress_fn, k + 1), lambda: None)
-      return (x, x_mean, bad), None
+      return x, x_mean, bad
 
     init = (x, x, jnp.asarray(-1, jnp.int32))
-    (x, x_mean, bad), _ = jax.lax.scan(body, init, jnp.arange(N, dtype=jnp.int32))
+    if not interval:
+      (x, x_mean, bad), _ = jax.lax.scan(lambda c, k: (step(k, c), None), init,
+                                         jnp.arange(N, dtype=jnp.int32))
+    else:
+      # ceil(N / interval) chunks, each a fori_loop of the same step function (so the
+      # samples are bit-identical to the plain scan's), reporting its first step index at
+      # its start; N is reported after the loop. The reports take a scalar of the state as
+      # a dummy argument: that data dependency orders them 0, k, 2k, ..., N.
+      def chunk(carry, c):
+        lo = c * interval
+        _report(lo, carry[0])
+        return jax.lax.fori_loop(lo, jnp.minimum(lo + interval, N), step, carry), None
+
+      (x, x_mean, bad), _ = jax.lax.scan(chunk, init,
+                                         jnp.arange(-(-N // interval), dtype=jnp.int32))
+      _report(jnp.int32(N), x_mean)
     out = x_mean if denoise else x
     return out, nfe, {'first_nonfinite_step': bad}
 
@@ -621,8 +645,7 @@ def get_sampler_from_config(config, sde, shape, eps, preconditioner=None) -> Sam
         pds_mode=str(pds.mode) if pds is not None else 'reference',
         eta=float(pds.eta) if pds is not None else 1.,
         corrector_norm=str(s.get('corrector_norm', 'batch')),
-        progress_every=int(s.get('progress_every', 0) or 0),
-        progress_fn=_default_progress if s.get('progress_every', 0) else None)
+        progress_every=s.get('progress_every', -1))
   if method == 'ode':
     return get_ode_sampler(sde, shape, rtol=float(s.get('ode_rtol', 1e-5)),
                            atol=float(s.get('ode_atol', 1e-5)),
@@ -632,8 +655,47 @@ def get_sampler_from_config(config, sde, shape, eps, preconditioner=None) -> Sam
                    "['conjugate', 'ode', 'pc', 'splitting'].")
 
 
-def _default_progress(step):
-  print(f'  sampling step {int(step)}', flush=True)
+def _progress_interval(progress_every, n_steps):
+  """Steps between progress reports for config.sampling.progress_every: 0 -> 0 (off),
+  k > 0 -> min(k, n_steps), -1 (auto) -> ceil(n_steps / 20), about every 5 % of the steps."""
+  if (isinstance(progress_every, (bool, np.bool_))
+      or not isinstance(progress_every, (int, np.integer)) or progress_every < -1):
+    raise ValueError('config.sampling.progress_every must be an integer: -1 (auto, about '
+                     f'every 5 % of the steps), 0 (off) or k > 0 (every k steps); got '
+                     f'{progress_every!r}.')
+  if progress_every == -1:
+    return -(-int(n_steps) // 20)
+  return min(int(progress_every), int(n_steps))
+
+
+class ProgressBar:
+  """Host side of the PC sampler's progress reports: a tqdm bar per sampling run.
+
+  Called with the number of finished steps (0, k, ..., total) from the sampler's
+  in-loop callback; 0 (or the first report) opens a bar, `total` closes it. tqdm's
+  `delay` hides the bar of runs shorter than that many seconds.
+  """
+
+  def __init__(self, total, desc='sampling', delay=2., **tqdm_kwargs):
+    self.total, self.desc, self.delay, self.kwargs = int(total), desc, delay, tqdm_kwargs
+    self._bar = None
+
+  def __call__(self, step):
+    import tqdm  # host-only dependency, imported on first report
+    step = int(step)
+    if self._bar is None or step == 0:
+      self.close()
+      self._bar = tqdm.tqdm(total=self.total, initial=step, desc=self.desc, delay=self.delay,
+                            unit='step', **self.kwargs)
+    else:
+      self._bar.update(step - self._bar.n)
+    if step >= self.total:
+      self.close()
+
+  def close(self):
+    if self._bar is not None:
+      self._bar.close()
+      self._bar = None
 
 
 def get_sampling_fn(config, sde, model, shape, eps, inverse_scaler=None, preconditioner=None):
