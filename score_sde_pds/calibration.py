@@ -85,6 +85,14 @@ log r is a piecewise-linear function of R / max R with `knots` knots, optimised 
 L-BFGS-B from the auto-alpha filter (gradients by central differences, all evaluated in
 one vectorised recursion), so it is never worse than the alpha filter on the proxy.
 
+Stability. A free per-mode gain can make a mode's variance explode (|A| > 1 for many
+steps) and then cancel it at one step where A ~ 0: exact in the recursion, but in the
+float32 sampler the FFTs leak ~1e-7 of the exploded energy into every other mode (seen:
+euler_maruyama, N = 100, a calibrated gain with peak v_k / v_0 = 4e14 predicted FD 7e-5
+and sampled FD 6e5), and such filters hang on the exact spectrum. Every candidate filter
+(M != I) whose per-mode variance exceeds MAX_GROWTH = 10 times its prior value at any
+step is rejected (FD = inf); the vanilla/identity candidate is always admissible.
+
 Mode groups. Modes with the same statistic (and channel when a space gain is used, and
 |phi| with omega != 0) behave identically, so the recursion runs once per distinct value
 (weighted by its count): exact. Past `max_groups` distinct values (large images: FFHQ
@@ -123,6 +131,7 @@ __all__ = [
     'config_kwargs',
     'SamplerSpec',
     'auto_alpha',
+    'alpha_sweep',
     'calibrate_gain',
     'parse_alpha',
     'save_gain',
@@ -135,6 +144,9 @@ CORRECTORS = ('none', 'langevin', 'ald')
 ALPHA_STRINGS = ('auto', 'inf')
 GAIN_CONTENT = 'pds_calibrated_gain'   # 'content' metadata of a calibrated gain file
 
+# largest transient growth v_k / v_0 of a per-mode variance a calibrated filter may have
+# (module docstring, 'Stability')
+MAX_GROWTH = 10.
 # log(alpha - 1) grid of auto_alpha
 _LOG_AM1 = np.linspace(np.log(1e-2), np.log(1e4), 49)
 
@@ -457,7 +469,7 @@ def _expected_norm(m2, var2):
   return np.sqrt(m2) * (1. - var2 / (8. * m2 ** 2))
 
 
-def _recursion(modes, sched, spec, m2, c, preconditioned):
+def _recursion(modes, sched, spec, m2, c, preconditioned, track_peak=False):
   """Runs (R0) for K candidate filters at once.
 
   Args:
@@ -467,8 +479,11 @@ def _recursion(modes, sched, spec, m2, c, preconditioned):
     m2: (K, M) noise multipliers r^2 d^2.
     c: (K, M) drift multipliers (complex with the solenoidal term).
     preconditioned: False for the vanilla sampler (precond None): no marginal split.
+    track_peak: also return peak (K, M), the largest v_k / v_0 over the steps (the
+      transient growth of each mode's variance above its prior value).
   Returns:
-    (v (K, M) variances, e (K, M) means of y (zero off DC)) of the sampler output.
+    (v (K, M) variances, e (K, M) means of y (zero off DC)) of the sampler output
+    [, peak (K, M)].
   """
   s, w = modes.s, modes.weight
   dc = np.flatnonzero(modes.dc)                  # the mean lives on these columns only
@@ -483,6 +498,7 @@ def _recursion(modes, sched, spec, m2, c, preconditioned):
   lam_all = sched.a[:, None] ** 2 * s[None] + sched.std[:, None] ** 2      # (N, M)
   inv_all = 1. / lam_all
   v = sched.prior_std ** 2 * (np.ones_like(m2) if marginal else m2)
+  v0, peak = v, np.ones((K, M))
   e = np.zeros((K, len(dc)))                     # mean of y on the DC columns
   n_corr = spec.n_steps if spec.corrector != 'none' else 0
   if spec.corrector == 'langevin':
@@ -532,9 +548,13 @@ def _recursion(modes, sched, spec, m2, c, preconditioned):
           nu = 0. if pf else G2 * m2
         v_mean = (np.abs(A) ** 2 if cplx else A * A) * v
       v = v_mean + nu
+      if track_peak:
+        peak = np.fmax(peak, v / v0)
   out = v_mean if spec.denoise else v
   e_full = np.zeros((K, M))
   e_full[:, dc] = e
+  if track_peak:
+    return out, e_full, np.where(np.isnan(peak), np.inf, peak)
   return out, e_full
 
 
@@ -590,8 +610,9 @@ def exact_moments(proxy, sde, eps, precond, predictor, corrector, *, snr=0.16, n
   Returns:
     dict: 'spectrum' v (H, W, C) per-mode output variances (the target's is
     proxy.spectrum), 'mean_error' (C,) pixel-mean error, 'fd' (F1) and 'spec_err'
-    mean |log(v / s)|; 'exact' False where an approximation entered (Langevin norms,
-    non-constant d).
+    mean |log(v / s)|; 'peak_growth' the largest v_k / v_0 over steps and modes (the
+    calibration rejects filters above MAX_GROWTH); 'exact' False where an approximation
+    entered (Langevin norms, non-constant d).
   """
   if not isinstance(sde, (sde_lib.VESDE, sde_lib.VPSDE, sde_lib.subVPSDE)):
     raise ValueError(f'the Gaussian-proxy recursion covers VE, VP and subVP SDEs, not '
@@ -606,8 +627,8 @@ def exact_moments(proxy, sde, eps, precond, predictor, corrector, *, snr=0.16, n
   m2, c = _multipliers(precond, shape)
   modes = _modes(proxy)
   sched = Schedule.create(sde, eps, predictor)
-  v, e = _recursion(modes, sched, spec, m2.reshape(1, -1), np.reshape(c, (1, -1)),
-                    preconditioned=precond is not None)
+  v, e, peak = _recursion(modes, sched, spec, m2.reshape(1, -1), np.reshape(c, (1, -1)),
+                          preconditioned=precond is not None, track_peak=True)
   fd = float(_fd(modes, v, e)[0])
   v = v.reshape(shape)
   mean_err = (e.reshape(shape)[0, 0] - modes.mu_y.reshape(shape)[0, 0]) / np.sqrt(H * W)
@@ -616,7 +637,7 @@ def exact_moments(proxy, sde, eps, precond, predictor, corrector, *, snr=0.16, n
   d_const = (precond is None or not precond.use_space or np.ptp(np.broadcast_to(
       np.asarray(precond.space_gain), shape), axis=(0, 1)).max() == 0)
   return {'spectrum': v, 'mean_error': mean_err, 'fd': fd, 'spec_err': spec_err,
-          'exact': bool(d_const and corrector != 'langevin')}
+          'peak_growth': float(np.max(peak)), 'exact': bool(d_const and corrector != 'langevin')}
 
 
 # ----------------------------------------------------------------------------- calibration
@@ -668,9 +689,27 @@ class _Problem:
     return self._space_cache
 
   def run(self, m2, preconditioned=True):
-    """(v, e) (K, M) of the sampler with noise multipliers m2 (K, M)."""
+    """(v, e) (K, M) of the sampler with noise multipliers m2 (K, M); v = inf for a
+    filter whose per-mode variance grows past MAX_GROWTH times its prior value on the
+    way (module docstring, 'Stability'); unit filters (M = I) are exempt."""
+    v, e, peak = self.run_peak(m2, preconditioned)
+    bad = (peak.max(-1) > MAX_GROWTH) & ~np.all(m2 == 1., axis=-1)
+    return np.where(bad[:, None], np.inf, v), e
+
+  def run_peak(self, m2, preconditioned=True):
+    """(v, e, peak) (K, M) without the stability constraint (peak: _recursion)."""
     c = m2 + 1j * self.omega * self.modes.phi if self.omega else m2
-    return _recursion(self.modes, self.sched, self.spec, m2, c, preconditioned)
+    return _recursion(self.modes, self.sched, self.spec, m2, c, preconditioned,
+                      track_peak=True)
+
+  def fd_penalised(self, m2):
+    """(K,) FD times max(1, peak / MAX_GROWTH)^2: a smooth stand-in for the stability
+    constraint, for gradient-based searches."""
+    v, e, peak = self.run_peak(m2)
+    pen = np.maximum(1., peak.max(-1) / MAX_GROWTH) ** 2
+    with np.errstate(over='ignore', invalid='ignore'):
+      f = _fd(self.modes, v, e) * np.where(np.all(m2 == 1., axis=-1), 1., pen)
+    return np.where(np.isfinite(f), f, np.inf)
 
   def fd(self, m2, preconditioned=True):
     v, e = self.run(m2, preconditioned)
@@ -790,16 +829,39 @@ def auto_alpha(freq_stats, sde, N, *, predictor, corrector, snr, n_steps=1,
   return alpha, info
 
 
+def alpha_sweep(freq_stats, sde, N, alphas, *, predictor, corrector, snr, n_steps=1,
+                mode='reference', eta=1.0, eps=None, space_stats=None, centered=False,
+                omega=0.0, denoise=True, probability_flow=False, mean=None,
+                max_groups=2048, proxy=None):
+  """Frechet distances (F1) of the statistics filter for many alphas at once, (K,).
+
+  Arguments as `auto_alpha`; `alphas` (K,) numbers > 1 or inf (the identity in `mode`).
+  `proxy` (a GaussianProxy, e.g. `GaussianProxy.from_field(oracle)`) replaces the proxy
+  of freq_stats as the law the samplers act on, while the filters are still built from
+  freq_stats / space_stats: the exact FD on the analytic oracle, for fine sweeps.
+  """
+  spec = SamplerSpec(predictor=str(predictor).lower(), corrector=str(corrector).lower(),
+                     snr=float(snr), n_steps=int(n_steps), denoise=bool(denoise),
+                     pds_mode=mode, eta=float(eta), probability_flow=bool(probability_flow))
+  prob = _problem(freq_stats, sde, N, spec, eps=eps, space_stats=space_stats,
+                  centered=centered, omega=omega, mean=mean, max_groups=max_groups,
+                  proxy=proxy)
+  alphas = np.asarray(alphas, np.float64).reshape(-1)
+  if np.any(~(alphas > 1)):
+    raise ValueError(f'alpha_sweep: alphas must be > 1 or inf, got min {alphas.min()}')
+  return prob.fd(prob.alpha_m2(alphas))
+
+
 def _per_group_search(prob, lo=-3., hi=3., n=61, rounds=3):
   """Decoupled modes: each group's own 1-D minimisation of its FD term over log r."""
   M = len(prob.modes.s)
   w, s, mu, dc = prob.modes.weight, prob.modes.s, prob.modes.mu_y, prob.modes.dc
 
   def terms(logr):                                   # (K, M) -> (K, M)
-    v, e = prob.run(np.exp(2. * logr))
+    v, e, peak = prob.run_peak(np.exp(2. * logr))
     with np.errstate(over='ignore', invalid='ignore'):
       t = w * (np.sqrt(v) - np.sqrt(s)) ** 2 + np.where(dc, (e - mu) ** 2, 0.)
-    return np.where(np.isfinite(t), t, np.inf)
+    return np.where(np.isfinite(t) & (peak <= MAX_GROWTH), t, np.inf)
 
   pts = np.broadcast_to(np.linspace(lo, hi, n)[:, None], (n, M))
   f = terms(pts)
@@ -818,7 +880,8 @@ def _per_group_search(prob, lo=-3., hi=3., n=61, rounds=3):
 
 
 def _knot_search(prob, x0, knots):
-  """Coupled modes (langevin): log r = piecewise-linear in R / max R, L-BFGS-B."""
+  """Coupled modes (langevin): log r = piecewise-linear in R / max R, L-BFGS-B on the
+  penalised FD (`_Problem.fd_penalised`)."""
   from scipy import optimize
   z = np.linspace(prob.s_hat.min(), prob.s_hat.max(), knots)
   basis = np.stack([np.interp(prob.s_hat, z, np.eye(knots)[j]) for j in range(knots)])
@@ -827,7 +890,7 @@ def _knot_search(prob, x0, knots):
   def fun(x):
     X = x[None, :] + np.concatenate([np.zeros((1, knots)), h * np.eye(knots),
                                      -h * np.eye(knots)])
-    f = prob.fd(np.exp(2. * X @ basis))
+    f = prob.fd_penalised(np.exp(2. * X @ basis))
     if not np.all(np.isfinite(f)):
       return float(f[0]) if np.isfinite(f[0]) else 1e300, np.zeros(knots)
     return float(f[0]), (f[1:knots + 1] - f[knots + 1:]) / (2 * h)

@@ -217,6 +217,31 @@ def test_calibrated_gain_beats_alpha_and_vanilla_and_is_even():
     assert ex['fd'] < van['fd'] / 10, (corr, ex['fd'], van['fd'])
 
 
+def test_calibrated_gain_rejects_explode_and_cancel_filters(monkeypatch):
+  """Unconstrained, the per-mode search on the 16x16x3 oracle (euler_maruyama, N = 100)
+  finds a gain whose mode variances grow ~1e13-fold and cancel at one step: exact in the
+  recursion, divergent in the float32 sampler (assets/calibration). The MAX_GROWTH
+  constraint keeps the peak bounded, at a similar FD."""
+  cfg = gaussian_field.get_config()
+  cfg.model.num_scales, cfg.sampling.predictor, cfg.sampling.corrector = (
+      100, 'euler_maruyama', 'none')
+  field = analytic.GaussianField.from_config(cfg)
+  R = sweep.oracle_statistics(cfg)['freq']
+  kw = calibration.config_kwargs(cfg)
+
+  def exact(gain):
+    p = preconditioning.Preconditioner.create(freq_gain=gain, shape=field.shape)
+    return calibration.exact_moments(field, kw['sde'], kw['eps'], p, 'euler_maruyama', 'none')
+
+  safe = exact(calibration.calibrate_gain(R, **kw))
+  assert safe['peak_growth'] <= 1.05 * calibration.MAX_GROWTH
+  van = calibration.exact_moments(field, kw['sde'], kw['eps'], None, 'euler_maruyama', 'none')
+  assert safe['fd'] < van['fd'] / 10
+  monkeypatch.setattr(calibration, 'MAX_GROWTH', math.inf)
+  wild = exact(calibration.calibrate_gain(R, **kw))
+  assert wild['peak_growth'] > 1e6 and wild['fd'] < 10 * safe['fd']
+
+
 def test_gain_file_round_trip_and_config(tmp_path):
   R = _stats(_field())
   g = calibration.calibrate_gain(R, sde_lib.VESDE(N=20), 20, predictor='reverse_diffusion',
