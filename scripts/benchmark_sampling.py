@@ -1,41 +1,48 @@
-"""Speed of the PC sampler: vanilla vs PDS on the same model, batch and number of steps.
+"""Speed of the PC sampler against its physical floor and against the official score_sde.
 
   python scripts/benchmark_sampling.py --config configs/ve/cifar10_ncsnpp_continuous.py \
-      --batch 8 --steps 10 --repeats 3 [--dtype float32|bfloat16] [--json bench.json] \
-      [--config.model.nf=64 ...]
+      --batch 8 --steps 10 --rounds 3 [--preset tiny] [--checkpoint PATH] \
+      [--official_score_sde /path/to/patched/score_sde] [--dtype float32|bfloat16] \
+      [--json bench.json] [--config.model.nf=64 ...]
 
-Everything runs in ONE process on random weights from `models.utils.init_model` (no
-checkpoint needed, so FFHQ 1024 timings work anywhere), or on the analytic oracle when
-the config names it. Two samplers are built from the config's predictor / corrector /
-n_steps_each / snr with the same SDE of --steps steps and the same network:
+Everything runs in ONE process, on one set of weights: random ones from
+`models.utils.init_model` (no checkpoint needed), or --checkpoint (any file
+`checkpoints.restore_official` reads). --preset tiny turns the config into the tiny
+FFHQ-style NCSN++ of tests/fixtures (nf 16, ch_mult (1, 2), one res block, attention at
+16, FIR, output_skip / input_skip pyramids, VE sigma 0.01..50).
 
-  vanilla  the identity preconditioner (`Preconditioner.identity()`, no FFT at all)
-  pds      frequency + space filters from random positive statistics of shape
-           (H, W, C) and --alpha (5): M z = Re F^-1[r F[d z]], M M^T g as in PDS.
+Timed items, all built from config.sampling's predictor / corrector / n_steps_each /
+snr with one SDE of --steps steps:
+  vanilla           the project's PC sampler, identity preconditioner, progress off
+  pds               the same with frequency + space PDS filters (random positive
+                    statistics of shape (H, W, C), --alpha)
+  vanilla_progress  vanilla with the default progress report (progress_every = -1: a
+                    tqdm bar fed by an in-loop host callback every ~5 % of the steps)
+  fwd2              the floor of a PC step: a jitted lax.fori_loop of --steps
+                    iterations, each two dependent score-function evaluations (network
+                    forward + score scaling) on the batch, as a corrector + predictor
+                    step makes them, and nothing else
+  official          (--official_score_sde PATH) the official score_sde PC sampler
+                    (its pmapped sampler, its sde_lib and NCSN++), imported from PATH at
+                    run time only, on the same weights and settings
+  fwd2_official     the two-forward loop with the official network
+Each item is compiled and run --warmup times untimed, then --rounds rounds time every
+item once, in an order that is reversed every other round, so that drift in machine
+load hits all of them; ratios are formed per round (the same round's times), and
+reported as median with min-max over the rounds. Wall time (what a user waits for) and
+process CPU time (all XLA threads; less sensitive to other jobs) are both recorded.
 
-Measured, per sampler:
-  compile_s       lower + XLA compile of the whole jitted sampling function (a load from
-                  the persistent compilation cache when --compilation_cache holds it)
-  s_per_step      steady state: the median over --repeats of a full jitted run (after
-                  --warmup untimed runs), divided by the number of steps. Vanilla and
-                  PDS runs are interleaved (V P, P V, V P, ...) so drift in machine load
-                  hits both.
-  cpu_s_per_step  the same with process CPU time (all XLA threads): on a machine shared
-                  with other jobs far less sensitive to their load than wall time
-  ratio           s_per_step(pds) / s_per_step(vanilla) (and cpu_ratio from CPU time)
-  images_per_s    batch / run time of the N-step run
-  fwd_per_step    s_per_step / (time of one bare network forward on the same batch);
-                  score_sde's PC loop with the Langevin corrector costs ~2.
-  memory          the compiled executable's memory_analysis() (temp / argument / output
-                  bytes) where the backend reports it; device memory_stats() peak bytes
-                  where available (GPU/TPU), else the process max RSS (getrusage).
-Also the cost of the PDS operators alone (one M M^T g plus one M z on the batch) times
-the number of preconditioned calls per step, i.e. the overhead PDS should add.
+Reported: seconds per step of every item; ratios step / fwd2 (how close the sampler
+is to two bare forwards), project / official, pds / vanilla, vanilla_progress /
+vanilla (the progress report's cost) and fwd2 / fwd2_official (the networks alone);
+compile times, the compiled executable's memory_analysis(), the PDS operators' cost
+alone (one M M^T g + one M z per preconditioned call) and the process max RSS.
 
-Prints a table and writes everything to --json.
+Prints tables and writes everything to --json.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import platform
@@ -52,19 +59,36 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (get_config()).',
-                                lock_config=True)
+                                lock_config=False)
 flags.DEFINE_integer('batch', 0, 'Global batch size; 0 -> config.sampling.batch_size.')
 flags.DEFINE_integer('steps', 20, 'Number of sampler steps N (sde.N).')
-flags.DEFINE_integer('repeats', 3, 'Timed runs per sampler (median reported).')
-flags.DEFINE_integer('warmup', 1, 'Untimed runs per sampler after compilation.')
+flags.DEFINE_integer('rounds', 3, 'Timed rounds (every item once per round).')
+flags.DEFINE_integer('repeats', 0, 'Deprecated alias of --rounds (used when > 0).')
+flags.DEFINE_integer('warmup', 1, 'Untimed runs per item after compilation.')
 flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16'],
                   'Network compute dtype (config.model.dtype); default: the config.')
+flags.DEFINE_enum('preset', '', ['', 'tiny'], "'tiny': the tiny FFHQ-style NCSN++ of "
+                  'tests/fixtures (the model of the side-by-side peer benchmark).')
+flags.DEFINE_string('checkpoint', '', 'Weights to time with (checkpoints.restore_official); '
+                    "'' -> random weights of init_model.")
+flags.DEFINE_string('official_score_sde', '', 'Path to a yang-song/score_sde checkout '
+                    'patched for current JAX/Flax: also time its PC sampler.')
+flags.DEFINE_bool('pds', True, 'Time the PDS sampler.')
+flags.DEFINE_bool('progress', True, 'Time the sampler with the default progress report.')
 flags.DEFINE_float('alpha', 5.0, 'PDS filter strength (> 1).')
 flags.DEFINE_integer('seed', 0, 'Seed of the weights, the statistics and the sampler.')
 flags.DEFINE_string('json', '', 'Write the results to this JSON file.')
 flags.DEFINE_string('compilation_cache', os.path.join('~', '.cache', 'score_sde_pds_jax'),
                     "Persistent JAX compilation cache folder ('' to disable), as main.py.")
 flags.mark_flags_as_required(['config'])
+
+# The tiny NCSN++ of tests/fixtures/score_sde_jax/tiny_ncsnpp_config.json (model part).
+TINY_MODEL = dict(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,),
+                  resamp_with_conv=True, conditional=True, fir=True, fir_kernel=(1, 3, 3, 1),
+                  skip_rescale=True, resblock_type='biggan', progressive='output_skip',
+                  progressive_input='input_skip', progressive_combine='sum',
+                  embedding_type='fourier', fourier_scale=16, init_scale=0., conv_size=3,
+                  scale_by_sigma=True, sigma_min=0.01, sigma_max=50.)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -81,64 +105,48 @@ def _max_rss_bytes():
   return int(rss) * (1 if sys.platform == 'darwin' else 1024)
 
 
-def _device_peak_bytes():
-  """Sum over local devices of memory_stats()['peak_bytes_in_use'], or None (CPU)."""
-  import jax
-  total, seen = 0, False
-  for d in jax.local_devices():
-    try:
-      stats = d.memory_stats()
-    except Exception:  # backends without the API
-      stats = None
-    if stats and 'peak_bytes_in_use' in stats:
-      total += int(stats['peak_bytes_in_use'])
-      seen = True
-  return total if seen else None
-
-
 def _memory_analysis(compiled):
   """Byte sizes of a compiled executable's buffers (dict), or None if not reported."""
   try:
     m = compiled.memory_analysis()
-  except Exception:
+  except Exception:  # backends without the API
     return None
   if m is None:
     return None
   out = {}
   for key in ('temp_size_in_bytes', 'argument_size_in_bytes', 'output_size_in_bytes',
-              'alias_size_in_bytes', 'generated_code_size_in_bytes'):
+              'generated_code_size_in_bytes'):
     val = getattr(m, key, None)
     if val is not None:
       out[key] = int(val)
   return out or None
 
 
-def _compile(fn, *args):
-  """AOT-compiles jitted `fn` for args -> (compiled, lower_s, compile_s)."""
-  t0 = time.perf_counter()
-  lowered = fn.lower(*args)
-  t1 = time.perf_counter()
-  compiled = lowered.compile()
-  t2 = time.perf_counter()
-  return compiled, t1 - t0, t2 - t1
-
-
-def _timed(fn, *args):
-  """(wall s, process CPU s, output) of fn(*args) up to block_until_ready.
-
-  Process CPU time sums all threads of this process (XLA's thread pool included), so
-  on a machine shared with other jobs it is much less sensitive to their load than
-  wall time (which is what a user waits for on an idle machine).
-  """
+def _timed(fn):
+  """(wall s, process CPU s) of fn() up to block_until_ready."""
   c0, t0 = time.process_time(), time.perf_counter()
-  out = _block(fn(*args))
-  return time.perf_counter() - t0, time.process_time() - c0, out
+  _block(fn())
+  return time.perf_counter() - t0, time.process_time() - c0
 
 
-def init_network(config, seed):
-  """(model, states, params) of `init_model`; a network's init runs jitted (much faster
-  than op-by-op for NCSN++), the analytic oracle's as it is."""
+def apply_preset(config, preset):
+  """Turns `config` into the tiny fixture model ('tiny') in place (VE, 32x32x3)."""
+  if preset != 'tiny':
+    return config
+  with config.unlocked():
+    for k, v in TINY_MODEL.items():
+      with config.model.ignore_type():
+        config.model[k] = v
+    config.data.image_size, config.data.num_channels, config.data.centered = 32, 3, False
+    config.training.sde, config.training.continuous = 'vesde', True
+    config.model.name = 'ncsnpp'
+  return config
+
+
+def init_network(config, seed, checkpoint=''):
+  """(model, states, params): init_model's random weights, or the --checkpoint's."""
   import jax
+  from score_sde_pds import checkpoints
   from score_sde_pds.models import utils as mutils
   rng = jax.random.PRNGKey(seed)
   if hasattr(mutils.get_model(config.model.name), 'init_from_config'):
@@ -146,10 +154,14 @@ def init_network(config, seed):
   holder = {}
 
   def init(r):
-    model, states, params = mutils.init_model(r, config)
+    model, states, params = mutils.init_model(r, config, jit=False)
     holder['model'] = model   # a flax Module: configuration only, no arrays
     return states, params
 
+  if checkpoint:
+    states, _ = jax.eval_shape(init, rng)
+    params = jax.device_put(checkpoints.restore_official(checkpoint, config))
+    return holder['model'], states, params
   states, params = jax.jit(init)(rng)
   return holder['model'], states, params
 
@@ -173,20 +185,190 @@ def preconditioned_calls_per_step(config):
   return int(pred) + int(corr) * int(s.n_steps_each)
 
 
+def two_forward_loop(score_fn_of_params, sde, shape, steps, eps):
+  """jit(params, x) -> x after `steps` iterations of two dependent score evaluations.
+
+  The floor of one PC step with one corrector step: the network runs twice on the batch,
+  the second time on the first result, at the step's time t_k = linspace(T, eps, N)[k].
+  """
+  import jax
+  import jax.numpy as jnp
+
+  @jax.jit
+  def loop(params, x):
+    score_fn = score_fn_of_params(params)
+    ts = jnp.linspace(sde.T, eps, steps)
+
+    def body(k, x):
+      t = jnp.full((shape[0],), ts[k], x.dtype)
+      x = x + 1e-6 * score_fn(x, t)
+      return x + 1e-6 * score_fn(x, t)
+
+    return jax.lax.fori_loop(0, steps, body, x)
+
+  return loop
+
+
+def sampler_overhead(shape, steps, rounds, log=print):
+  """Per-step cost of the sampler's own work besides the network, each in a fori_loop.
+
+  Items (ms per PC step with one corrector step, i.e. two noise draws):
+    keys_noise        the project's per-sample randomness: fold_in of the step index
+                      into each sample's key, then fold_in of the tag and one normal
+                      draw per sample, twice (sampling.sample_keys / _normal_fn)
+    batched_noise     the official sampler's: random.split + one batched normal draw,
+                      twice (the same number of Gaussian numbers)
+    norms_finite      the snr rule's per-sample norms and batch means (2 x 2 norms) and
+                      the non-finite tracking (one all-finite reduction)
+    report            one progress report: the unordered jax.debug.callback the sampler
+                      makes per chunk (host function a no-op), with its scalar argument
+  Returns {name: ms per step (median over rounds, wall)} and the CPU-time version.
+  """
+  import jax
+  import jax.numpy as jnp
+  from score_sde_pds import sampling
+
+  noise = sampling._normal_fn(shape)
+  keys0 = sampling.sample_keys(jax.random.PRNGKey(0), 0, shape[0])
+
+  def keys_noise(k, x):
+    step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys0, k + 1)
+    return x + 1e-3 * (noise(step_keys, 1) + noise(step_keys, 0))
+
+  def batched_noise(k, x):
+    rng = jax.random.fold_in(jax.random.PRNGKey(0), k)
+    r1, r2 = jax.random.split(rng)
+    return x + 1e-3 * (jax.random.normal(r1, shape) + jax.random.normal(r2, shape))
+
+  def norms_finite(k, x):
+    del k
+    a = jnp.mean(sampling._norms(x)) + jnp.mean(sampling._norms(2. * x))
+    b = jnp.mean(sampling._norms(x + 1.)) + jnp.mean(sampling._norms(x - 1.))
+    ok = sampling._all_finite(x)
+    return x * jnp.where(ok, 1., 0.5) + 1e-9 * (a + b)
+
+  def report(k, x):
+    jax.debug.callback(lambda s, _: None, k, x[(0,) * x.ndim])
+    return x * 1.0001
+
+  fns = {}
+  x = jnp.ones(shape)
+  for name, body in (('keys_noise', keys_noise), ('batched_noise', batched_noise),
+                     ('norms_finite', norms_finite), ('report', report)):
+    f = jax.jit(lambda x, body=body: jax.lax.fori_loop(0, steps, body, x)).lower(x).compile()
+    _block(f(x))
+    fns[name] = lambda f=f: f(x)
+  wall = {k: [] for k in fns}
+  cpu = {k: [] for k in fns}
+  for r in range(rounds):
+    for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+      w, c = _timed(fns[name])
+      wall[name].append(w / steps * 1e3)
+      cpu[name].append(c / steps * 1e3)
+  out = {'wall_ms_per_step': {k: statistics.median(v) for k, v in wall.items()},
+         'cpu_ms_per_step': {k: statistics.median(v) for k, v in cpu.items()}}
+  log('sampler overhead (ms/step, wall): ' + ', '.join(
+      f'{k} {v:.3f}' for k, v in out['wall_ms_per_step'].items()))
+  return out
+
+
+# ----------------------------------------------------------------------------- official
+
+
+class OfficialScoreSde:
+  """The official score_sde (JAX) PC sampler, imported from a patched checkout at run time.
+
+  Nothing of it is part of this repository: `path` is put on sys.path only while its
+  modules (`sampling`, `sde_lib`, `models.*`) are imported. The network is its NCSN++
+  class built from our config (same keys) and takes our parameter tree as it is.
+  """
+
+  def __init__(self, path, config):
+    path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isfile(os.path.join(path, 'sampling.py')) or not os.path.isdir(
+        os.path.join(path, 'models')):
+      raise ValueError(f'--official_score_sde={path!r} is not a score_sde checkout '
+                       '(expected sampling.py and models/ there).')
+    clash = [m for m in ('sampling', 'sde_lib', 'utils', 'models') if m in sys.modules]
+    if clash:
+      raise RuntimeError(f'modules {clash} are already imported; cannot import score_sde.')
+    sys.path.insert(0, path)
+    try:
+      self.sampling = importlib.import_module('sampling')
+      self.sde_lib = importlib.import_module('sde_lib')
+      self.mutils = importlib.import_module('models.utils')
+      importlib.import_module(f'models.{config.model.name}')
+    except ImportError as e:
+      raise ImportError(f'importing score_sde from {path} failed ({e}); apply the '
+                        'compatibility patch for current JAX/Flax first.') from e
+    finally:
+      sys.path.remove(path)
+    if not os.path.abspath(self.sampling.__file__).startswith(path):
+      raise RuntimeError(f'imported {self.sampling.__file__}, not score_sde from {path}.')
+    self.path = path
+    self.model = self.mutils.get_model(config.model.name)(config=config)
+
+  def sde(self, config, steps):
+    m, name = config.model, str(config.training.sde).lower()
+    if name == 'vesde':
+      return self.sde_lib.VESDE(sigma_min=m.sigma_min, sigma_max=m.sigma_max, N=steps)
+    if name == 'vpsde':
+      return self.sde_lib.VPSDE(beta_min=m.beta_min, beta_max=m.beta_max, N=steps)
+    if name == 'subvpsde':
+      return self.sde_lib.subVPSDE(beta_min=m.beta_min, beta_max=m.beta_max, N=steps)
+    raise ValueError(f'config.training.sde={config.training.sde!r}: score_sde has '
+                     'vesde, vpsde, subvpsde.')
+
+  def pc_sampler(self, config, shape, steps, eps, params, states, seed):
+    """A zero-argument function running the official pmapped PC sampler once."""
+    import jax
+    from flax import jax_utils
+    s = config.sampling
+    n_dev = jax.local_device_count()
+    fn = self.sampling.get_pc_sampler(
+        self.sde(config, steps), self.model, (shape[0] // n_dev,) + tuple(shape[1:]),
+        self.sampling.get_predictor(str(s.predictor).lower()),
+        self.sampling.get_corrector(str(s.corrector).lower()), lambda x: x, snr=float(s.snr),
+        n_steps=int(s.n_steps_each), probability_flow=bool(s.probability_flow),
+        continuous=bool(config.training.continuous), denoise=bool(s.noise_removal), eps=eps)
+    state = self.mutils.State(step=0, optimizer=None, lr=0., model_state=states,
+                              ema_rate=0.999, params_ema=params, rng=None)
+    pstate = jax_utils.replicate(state)
+    keys = jax.random.split(jax.random.PRNGKey(seed), n_dev)
+    return lambda: fn(keys, pstate)[0]
+
+  def score_fn_of_params(self, sde, config, states):
+    def make(params):
+      return self.mutils.get_score_fn(sde, self.model, params, states, train=False,
+                                      continuous=bool(config.training.continuous))
+    return make
+
+
 # ----------------------------------------------------------------------------- benchmark
 
 
-def run_benchmark(config, batch, steps, repeats, warmup=1, alpha=5.0, seed=0, log=print):
-  """Measures vanilla and PDS sampling of `config` on random weights.
+def _ratio_stats(num, den):
+  """Per-round ratios num[r] / den[r] -> {'median', 'min', 'max', 'rounds'}."""
+  r = [a / b for a, b in zip(num, den)]
+  return {'median': statistics.median(r), 'min': min(r), 'max': max(r), 'rounds': r}
+
+
+def run_benchmark(config, batch, steps, rounds, warmup=1, alpha=5.0, seed=0, checkpoint='',
+                  official_path='', with_pds=True, with_progress=True, log=print):
+  """Times the items of the module docstring, interleaved; returns a dict of results.
 
   Args:
-    config: a full config (config.sampling drives predictor/corrector/snr/n_steps_each).
-    batch: global batch B; steps: number of sampler steps N.
-    repeats: timed runs per sampler; warmup: untimed runs after compilation.
-    alpha: PDS filter strength; seed: weights / statistics / sampler seed.
+    config: a full config (config.sampling drives predictor/corrector/snr/n_steps_each;
+      config.sampling.method must be 'pc').
+    batch: global batch B; steps: number of sampler steps N; rounds: timed rounds.
+    warmup: untimed runs per item after compilation. alpha: PDS filter strength.
+    seed: weights / statistics / sampler seed. checkpoint: weights file or ''.
+    official_path: patched score_sde checkout or ''.
+    with_pds, with_progress: also time the PDS and the progress-report samplers.
     log: progress printer.
   Returns:
-    dict of results (see the module docstring); times in seconds, sizes in bytes.
+    dict: 'items' {name: times, medians, per step, compile_s, memory}, 'ratios'
+    {name: median/min/max/rounds (wall)}, 'cpu_ratios' (process CPU time), and metadata.
   """
   import jax
   import jax.numpy as jnp
@@ -202,7 +384,8 @@ def run_benchmark(config, batch, steps, repeats, warmup=1, alpha=5.0, seed=0, lo
   config.sampling.batch_size = batch
   sde, eps = sde_lib.get_sde(config, N=steps)
   res = {'config_model': config.model.name, 'shape': list(shape), 'steps': steps,
-         'repeats': repeats, 'warmup': warmup, 'alpha': alpha, 'seed': seed,
+         'rounds': rounds, 'warmup': warmup, 'alpha': alpha, 'seed': seed,
+         'checkpoint': checkpoint, 'official_score_sde': official_path,
          'dtype': str(config.model.get('dtype', 'float32')),
          'predictor': str(config.sampling.predictor),
          'corrector': str(config.sampling.corrector),
@@ -210,113 +393,107 @@ def run_benchmark(config, batch, steps, repeats, warmup=1, alpha=5.0, seed=0, lo
          'corrector_norm': str(config.sampling.get('corrector_norm', 'batch')),
          'backend': jax.default_backend(), 'device_count': jax.device_count(),
          'device_kind': jax.devices()[0].device_kind, 'cpu_count': os.cpu_count(),
-         'jax_version': jax.__version__, 'python': platform.python_version()}
+         'jax_version': jax.__version__, 'python': platform.python_version(),
+         'xla_flags': os.environ.get('XLA_FLAGS', '')}
 
   t0 = time.perf_counter()
-  model, states, params = init_network(config, seed)
+  model, states, params = init_network(config, seed, checkpoint)
   params = _block(params)
   res['init_s'] = time.perf_counter() - t0
   res['num_params'] = (0 if getattr(model, 'is_analytic', False) else
                        int(sum(np.size(p) for p in jax.tree_util.tree_leaves(params))))
   log(f'model {config.model.name}: {res["num_params"]:,} params, init {res["init_s"]:.1f} s')
 
-  precs = {'vanilla': preconditioning.Preconditioner.identity(),
-           'pds': random_pds((size, size, ch), alpha, seed)}
-  sampling_fn = sampling.get_sampling_fn(config, sde, model, shape, eps,
-                                         inverse_scaler=datasets.get_data_inverse_scaler(config))
   rng = jax.random.PRNGKey(seed)
-  res['nfe'] = None
-  runs, out = {}, {}
-  for name, p in precs.items():
-    args = (rng, params, states, p, 0)
-    compiled, lower_s, compile_s = _compile(sampling_fn.jitted, *args)
-    runs[name] = (compiled, args)
-    out[name] = {'lower_s': lower_s, 'compile_s': compile_s,
-                 'memory_analysis': _memory_analysis(compiled)}
-    log(f'{name}: lowered in {lower_s:.1f} s, compiled in {compile_s:.1f} s')
-    for _ in range(max(0, warmup)):
-      dt, _, (x, nfe, info) = _timed(compiled, *args)
-      log(f'{name}: warm-up run {dt:.2f} s')
-    if warmup <= 0:
-      x, nfe, info = _block(compiled(*args))
-    out[name]['finite'] = bool(np.all(np.isfinite(np.asarray(x))))
-    out[name]['first_nonfinite_step'] = int(info['first_nonfinite_step'])
-    res['nfe'] = int(nfe)
-    out[name]['output_devices'] = len(x.sharding.device_set)
+  inverse_scaler = datasets.get_data_inverse_scaler(config)
+  items, info = {}, {}
 
-  times = {name: [] for name in runs}
-  cpu_times = {name: [] for name in runs}
+  def add_sampler(name, precond, progress_every):
+    config.sampling.progress_every = progress_every
+    fn = sampling.get_sampling_fn(config, sde, model, shape, eps, inverse_scaler=inverse_scaler)
+    args = (rng, params, states, precond, 0)
+    t0 = time.perf_counter()
+    compiled = fn.jitted.lower(*args).compile()
+    info[name] = {'compile_s': time.perf_counter() - t0,
+                  'memory_analysis': _memory_analysis(compiled)}
+    items[name] = lambda: compiled(*args)
+    x, nfe, nonfinite = _block(compiled(*args))
+    info[name].update(finite=bool(np.all(np.isfinite(np.asarray(x)))),
+                      first_nonfinite_step=int(nonfinite['first_nonfinite_step']))
+    res['nfe'] = int(nfe)
+
+  ident = preconditioning.Preconditioner.identity()
+  add_sampler('vanilla', ident, 0)
+  if with_pds:
+    add_sampler('pds', random_pds((size, size, ch), alpha, seed), 0)
+  if with_progress:
+    add_sampler('vanilla_progress', ident, -1)
+  config.sampling.progress_every = 0
+
+  continuous, num_scales = bool(config.training.continuous), int(config.model.num_scales)
+  x0 = jax.random.normal(jax.random.PRNGKey(seed + 1), shape) * 0.5 + 0.5
+  floors = {'fwd2': lambda p: mutils.get_score_fn(sde, model, p, states, train=False,
+                                                  continuous=continuous,
+                                                  num_scales=num_scales)}
+  if official_path:
+    official = OfficialScoreSde(official_path, config)
+    res['official_sampling_py'] = official.sampling.__file__
+    t0 = time.perf_counter()
+    items['official'] = official.pc_sampler(config, shape, steps, eps, params, states, seed)
+    _block(items['official']())
+    info['official'] = {'compile_s': time.perf_counter() - t0}
+    floors['fwd2_official'] = official.score_fn_of_params(official.sde(config, steps), config,
+                                                          states)
+  for name, make in floors.items():
+    loop = two_forward_loop(make, sde, shape, steps, eps)
+    t0 = time.perf_counter()
+    compiled = loop.lower(params, x0).compile()
+    info[name] = {'compile_s': time.perf_counter() - t0}
+    items[name] = lambda compiled=compiled: compiled(params, x0)
+    _block(items[name]())
+  for name in items:
+    log(f"{name}: compiled (+ first run) in {info[name]['compile_s']:.1f} s")
+    for _ in range(max(0, warmup)):
+      log(f'{name}: warm-up run {_timed(items[name])[0]:.2f} s')
+
+  wall = {k: [] for k in items}
+  cpu = {k: [] for k in items}
   res['loadavg_before'] = list(os.getloadavg())
-  for r in range(repeats):
-    order = list(runs) if r % 2 == 0 else list(runs)[::-1]
-    for name in order:
-      compiled, args = runs[name]
-      dt, ct, _ = _timed(compiled, *args)
-      times[name].append(dt)
-      cpu_times[name].append(ct)
-      log(f'repeat {r}: {name} {dt:.3f} s ({dt / steps:.4f} s/step, CPU {ct / steps:.4f} s/step)')
+  order = list(items)
+  for r in range(rounds):
+    for name in (order if r % 2 == 0 else order[::-1]):
+      w, c = _timed(items[name])
+      wall[name].append(w)
+      cpu[name].append(c)
+    log(f'round {r}: ' + ', '.join(f'{k} {v[-1] / steps:.4f}' for k, v in wall.items())
+        + ' s/step (wall)')
   res['loadavg_after'] = list(os.getloadavg())
 
-  # one bare network forward (the score function) on the same batch
-  score_t = 0.5 * (sde.T + eps)
-  x = jax.random.normal(jax.random.PRNGKey(seed + 1), shape)
-  x = x * sde.marginal_prob(jnp.zeros(shape), jnp.full((batch,), score_t))[1][:, None, None, None]
-  t = jnp.full((batch,), score_t, jnp.float32)
-  if jax.device_count() > 1:  # the batch split over all devices, as in the sampler
-    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ('data',))
-    spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
-    x, t = jax.device_put(x, spec), jax.device_put(t, spec)
-  continuous, num_scales = bool(config.training.continuous), int(config.model.num_scales)
+  for name in items:
+    info[name].update({'wall_s': wall[name], 'cpu_s': cpu[name],
+                       'wall_s_per_step': statistics.median(wall[name]) / steps,
+                       'cpu_s_per_step': statistics.median(cpu[name]) / steps,
+                       'images_per_s': batch / statistics.median(wall[name])})
+  res['items'] = info
+  pairs = [('vanilla', 'fwd2'), ('pds', 'fwd2'), ('vanilla_progress', 'vanilla'),
+           ('pds', 'vanilla'), ('official', 'fwd2_official'), ('vanilla', 'official'),
+           ('pds', 'official'), ('fwd2', 'fwd2_official')]
+  res['ratios'], res['cpu_ratios'] = {}, {}
+  for a, b in pairs:
+    if a in items and b in items:
+      res['ratios'][f'{a}/{b}'] = _ratio_stats(wall[a], wall[b])
+      res['cpu_ratios'][f'{a}/{b}'] = _ratio_stats(cpu[a], cpu[b])
 
-  @jax.jit
-  def forward(params, states, x, t):
-    return mutils.get_score_fn(sde, model, params, states, train=False,
-                               continuous=continuous, num_scales=num_scales)(x, t)
-
-  fwd, lower_s, compile_s = _compile(forward, params, states, x, t)
-  _block(fwd(params, states, x, t))
-  fwd = [_timed(fwd, params, states, x, t)[:2] for _ in range(max(repeats, 3))]
-  res['forward'] = {'compile_s': lower_s + compile_s, 'times_s': [w for w, _ in fwd],
-                    'median_s': statistics.median(w for w, _ in fwd),
-                    'cpu_median_s': statistics.median(c for _, c in fwd)}
-  log(f'forward: median {res["forward"]["median_s"]:.4f} s')
-
-  # the PDS operators alone: one drift (M M^T g) and one noise (M z) on the batch
-  @jax.jit
-  def pds_ops(p, g, z):
-    return p.drift(g), p.noise(z)
-
-  ops, _, _ = _compile(pds_ops, precs['pds'], x, x)
-  _block(ops(precs['pds'], x, x))
-  n_ops = max(20, repeats)
-  op_times = [_timed(ops, precs['pds'], x, x)[0] for _ in range(n_ops)]
-  op_cpu = [_timed(ops, precs['pds'], x, x)[1] for _ in range(n_ops)]
-  calls = preconditioned_calls_per_step(config)
-  res['pds_ops'] = {'drift_plus_noise_median_s': statistics.median(op_times),
-                    'calls_per_step': calls,
-                    'per_step_s': calls * statistics.median(op_times),
-                    'cpu_per_step_s': calls * statistics.median(op_cpu)}
-
-  for name in runs:
-    med = statistics.median(times[name])
-    o = out[name]
-    cmed = statistics.median(cpu_times[name])
-    o.update({'run_times_s': times[name], 'run_median_s': med, 's_per_step': med / steps,
-              'images_per_s': batch / med, 'image_steps_per_s': batch * steps / med,
-              'fwd_per_step': (med / steps) / res['forward']['median_s'],
-              'run_cpu_times_s': cpu_times[name], 'cpu_s_per_step': cmed / steps,
-              'cpu_fwd_per_step': (cmed / steps) / res['forward']['cpu_median_s']})
-  res['samplers'] = out
-  res['ratio_pds_over_vanilla'] = out['pds']['s_per_step'] / out['vanilla']['s_per_step']
-  # per-repeat ratios (paired by repeat index): their spread shows the timing noise
-  res['ratio_per_repeat'] = [p / v for p, v in zip(times['pds'], times['vanilla'])]
-  res['cpu_ratio_pds_over_vanilla'] = (out['pds']['cpu_s_per_step']
-                                       / out['vanilla']['cpu_s_per_step'])
-  res['cpu_ratio_per_repeat'] = [p / v for p, v in zip(cpu_times['pds'], cpu_times['vanilla'])]
-  res['expected_ratio_from_ops'] = 1. + (res['pds_ops']['per_step_s']
-                                         / out['vanilla']['s_per_step'])
+  if with_pds:  # the PDS operators alone: one drift (M M^T g) and one noise (M z)
+    p = random_pds((size, size, ch), alpha, seed)
+    ops = jax.jit(lambda p, g, z: (p.drift(g), p.noise(z))).lower(p, x0, x0).compile()
+    _block(ops(p, x0, x0))
+    t_ops = statistics.median(_timed(lambda: ops(p, x0, x0))[0] for _ in range(20))
+    calls = preconditioned_calls_per_step(config)
+    res['pds_ops'] = {'drift_plus_noise_s': t_ops, 'calls_per_step': calls,
+                      'per_step_s': calls * t_ops}
+  res['sampler_overhead'] = sampler_overhead(shape, steps, rounds, log)
   res['max_rss_bytes'] = _max_rss_bytes()
-  res['device_peak_bytes'] = _device_peak_bytes()
   return res
 
 
@@ -325,37 +502,39 @@ def _mb(v):
 
 
 def format_table(res):
-  """Markdown table of a `run_benchmark` result."""
-  rows = ['| sampler | compile (s) | wall s / step | PDS / vanilla (wall) | CPU s / step | '
-          'PDS / vanilla (CPU) | images / s | network forwards / step | temp MB | '
-          'argument MB |',
-          '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
-  van = res['samplers']['vanilla']
-  for name, o in res['samplers'].items():
+  """Markdown tables of a `run_benchmark` result."""
+  rows = ['| item | compile (s) | wall s / step | CPU s / step | images / s | temp MB |',
+          '| --- | ---: | ---: | ---: | ---: | ---: |']
+  for name, o in res['items'].items():
     mem = o.get('memory_analysis') or {}
-    rows.append(f"| {name} | {o['lower_s'] + o['compile_s']:.1f} | {o['s_per_step']:.4f} | "
-                f"{o['s_per_step'] / van['s_per_step']:.3f} | {o['cpu_s_per_step']:.4f} | "
-                f"{o['cpu_s_per_step'] / van['cpu_s_per_step']:.3f} | "
-                f"{o['images_per_s']:.3f} | {o['fwd_per_step']:.2f} | "
-                f"{_mb(mem.get('temp_size_in_bytes'))} | "
-                f"{_mb(mem.get('argument_size_in_bytes'))} |")
-  f = res['forward']
-  ops = res['pds_ops']
-  rows += ['',
-           f"- bare network forward (batch {res['shape'][0]}): {f['median_s']:.4f} s wall, "
-           f"{f['cpu_median_s']:.4f} s CPU (compile {f['compile_s']:.1f} s); NFE per run "
-           f"{res['nfe']} over {res['steps']} steps",
-           f"- PDS operators alone: {ops['drift_plus_noise_median_s'] * 1e3:.3f} ms per "
-           f"(M M^T g + M z), x {ops['calls_per_step']} per step = "
-           f"{ops['per_step_s'] * 1e3:.3f} ms/step -> expected ratio "
-           f"{res['expected_ratio_from_ops']:.4f}",
-           '- per-repeat ratios, wall: ' + ', '.join(f'{r:.3f}' for r in res['ratio_per_repeat'])
-           + '; CPU: ' + ', '.join(f'{r:.3f}' for r in res['cpu_ratio_per_repeat']),
-           f"- load average (1/5/15 min) before / after the timed runs: "
-           f"{'/'.join(f'{v:.1f}' for v in res['loadavg_before'])} / "
-           f"{'/'.join(f'{v:.1f}' for v in res['loadavg_after'])} on {res['cpu_count']} CPUs",
-           f"- peak memory: process max RSS {_mb(res['max_rss_bytes'])} MB; device peak "
-           f"{_mb(res['device_peak_bytes'])} MB"]
+    rows.append(f"| {name} | {o['compile_s']:.1f} | {o['wall_s_per_step']:.4f} | "
+                f"{o['cpu_s_per_step']:.4f} | {o['images_per_s']:.3f} | "
+                f"{_mb(mem.get('temp_size_in_bytes'))} |")
+  rows += ['', '| ratio (per round) | wall median | wall min-max | CPU median | CPU min-max |',
+           '| --- | ---: | ---: | ---: | ---: |']
+  for key, r in res['ratios'].items():
+    c = res['cpu_ratios'][key]
+    rows.append(f"| {key} | {r['median']:.3f} | {r['min']:.3f}-{r['max']:.3f} | "
+                f"{c['median']:.3f} | {c['min']:.3f}-{c['max']:.3f} |")
+  rows += ['', f"- {res['config_model']} {res['num_params']:,} params, batch {res['shape'][0]}"
+           f", {res['steps']} steps, NFE {res['nfe']}, {res['rounds']} rounds; "
+           f"{res['backend']} x{res['device_count']}, {res['cpu_count']} CPUs, "
+           f"jax {res['jax_version']}"]
+  if 'pds_ops' in res:
+    ops = res['pds_ops']
+    rows.append(f"- PDS operators alone: {ops['drift_plus_noise_s'] * 1e3:.3f} ms per "
+                f"(M M^T g + M z), x {ops['calls_per_step']} per step = "
+                f"{ops['per_step_s'] * 1e3:.3f} ms/step")
+  ov = res.get('sampler_overhead')
+  if ov:
+    rows.append('- sampler work besides the network, ms per step (wall / CPU): ' + ', '.join(
+        f"{k} {v:.3f} / {ov['cpu_ms_per_step'][k]:.3f}" for k, v in ov['wall_ms_per_step'].items())
+        + f"; two forwards: {res['items']['fwd2']['wall_s_per_step'] * 1e3:.2f} / "
+        f"{res['items']['fwd2']['cpu_s_per_step'] * 1e3:.2f}")
+  rows.append(f"- load average (1/5/15 min) before / after the timed rounds: "
+              f"{'/'.join(f'{v:.1f}' for v in res['loadavg_before'])} / "
+              f"{'/'.join(f'{v:.1f}' for v in res['loadavg_after'])}; process max RSS "
+              f"{_mb(res['max_rss_bytes'])} MB")
   return '\n'.join(rows)
 
 
@@ -363,15 +542,16 @@ def main(argv):
   del argv
   from score_sde_pds import utils as _utils
   _utils.enable_compilation_cache(FLAGS.compilation_cache)
-  config = FLAGS.config
+  config = apply_preset(FLAGS.config, FLAGS.preset)
   if FLAGS.dtype:
     config.model.dtype = FLAGS.dtype
   batch = FLAGS.batch or int(config.sampling.batch_size)
-  res = run_benchmark(config, batch, FLAGS.steps, FLAGS.repeats, warmup=FLAGS.warmup,
-                      alpha=FLAGS.alpha, seed=FLAGS.seed,
-                      log=lambda m: print(m, flush=True))
+  rounds = FLAGS.repeats if FLAGS.repeats > 0 else FLAGS.rounds
+  res = run_benchmark(config, batch, FLAGS.steps, rounds, warmup=FLAGS.warmup,
+                      alpha=FLAGS.alpha, seed=FLAGS.seed, checkpoint=FLAGS.checkpoint,
+                      official_path=FLAGS.official_score_sde, with_pds=FLAGS.pds,
+                      with_progress=FLAGS.progress, log=lambda m: print(m, flush=True))
   res['command'] = ' '.join(['python'] + sys.argv)
-  res['compilation_cache'] = FLAGS.compilation_cache
   print()
   print(format_table(res))
   if FLAGS.json:
