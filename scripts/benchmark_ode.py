@@ -5,7 +5,8 @@
       [--config.model.nf=32 ...]
 
 Builds `sampling.get_ode_sampler` twice on the same SDE, tolerances and model (the
-analytic oracle, or a network on random weights from `models.utils.init_model`):
+analytic oracle; a network with the weights of --config.model.checkpoint=FILE; else a
+network on random weights from `models.utils.init_model`):
 
   sample  diffeqsolve vmapped over the batch: every sample has its own step size (the
           default; sample k does not depend on the batch)
@@ -15,8 +16,8 @@ analytic oracle, or a network on random weights from `models.utils.init_model`):
 and reports per variant the batched NFE, the compile time, the median wall and process
 CPU time of a jitted run over --repeats (runs interleaved: S B, B S, ...), and the time
 per batched score evaluation. One bare score evaluation on the batch is timed as well.
-With random weights the ODE is not that of a trained model, so compare the variants on
-the same model rather than reading the NFE as a sampling cost.
+With random weights the ODE is not that of a trained model: compare the variants on the
+same model rather than reading the NFE as a sampling cost.
 """
 from __future__ import annotations
 
@@ -70,6 +71,9 @@ def run_benchmark(config, batch, repeats, method, rtol, atol, seed=0, log=print)
   rng = jax.random.PRNGKey(seed)
   if hasattr(mutils.get_model(config.model.name), 'init_from_config'):
     model, states, params = mutils.init_model(rng, config)
+  elif config.model.get('checkpoint', ''):  # trained weights: a realistic ODE
+    from score_sde_pds import run_lib
+    model, states, params = run_lib.load_model(config, workdir='')
   else:  # a network: initialise jitted (op-by-op NCSN++ init is slow)
     holder = {}
 

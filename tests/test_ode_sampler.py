@@ -4,8 +4,8 @@ For Gaussian data the probability-flow ODE (Song et al. Eq. 13) is linear and di
 in Fourier space: with lam_t(k) = a_t^2 s(k) + std_t^2 the variance of mode k of x_t,
   d/dt (x_t - a_t mu)_k = (f_t + g_t^2 / (2 lam_t)) (x_t - a_t mu)_k = (d/dt log sqrt lam_t) (.)_k,
 so x_eps - a_eps mu = F^-1[ sqrt(lam_eps / lam_T) F[x_T - a_T mu] ] exactly (`exact_flow`).
-The sampler's prior draw x_T is rebuilt here from the documented key contract, so every
-test compares whole sampler outputs with that closed form. Every score function is
+The sampler's prior draw x_T is rebuilt here from the documented key contract, so the
+accuracy tests compare whole sampler outputs with that closed form. Every score function is
 wrapped in `Counted`, which counts batched evaluations at run time (a host callback),
 and every run checks that the reported NFE is exactly that count.
 """
@@ -80,15 +80,45 @@ def exact_flow(field, sde, x_T, eps):
   return np.real(np.fft.ifft2(y, axes=(1, 2))) + a_e * mu
 
 
-@pytest.mark.parametrize('sde_name,method,control', [
-    ('ve', 'dopri5', 'sample'), ('vp', 'RK45', 'sample'), ('subvp', 'tsit5', 'sample'),
-    ('ve', 'dopri5', 'batch')])
-def test_adaptive_solve_matches_exact_flow(sde_name, method, control):
+def adaptive_sampler(sde_name, method, control, **kw):
+  """(sde, eps, field, sampler, counted oracle score) of an adaptive solve at B samples."""
   make, eps = SDES[sde_name]
   sde, field = make(), _field()
   score = Counted(lambda x, t: field.score(sde, x, t))
   smp = sampling.get_ode_sampler(sde, (B, H, H, C), method=method, eps=eps,
-                                 step_control=control)
+                                 step_control=control, **kw)
+  return sde, eps, field, smp, score
+
+
+# Fresh interpreter with argv[2] CPU devices: the same solve, batch sharded over them.
+_DEVICES_SCRIPT = r'''
+import os, sys
+import jax
+import numpy as np
+jax.config.update('jax_compilation_cache_dir', os.path.join(os.getcwd(), '.jax_cache'))
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+sys.path.insert(0, os.path.join(os.getcwd(), 'tests'))
+import test_ode_sampler as t
+assert jax.device_count() == int(sys.argv[2]), jax.devices()
+_, _, _, smp, score = t.adaptive_sampler('ve', 'dopri5', 'sample')
+x, nfe, info = jax.block_until_ready(
+    smp.jitted(score)(jax.random.PRNGKey(0), precond=None, offset=0))  # callbacks done
+assert len(x.sharding.device_set) == jax.device_count()
+assert score.calls == int(nfe) * jax.device_count()  # each device scores its shard once
+np.savez(sys.argv[1], x=np.asarray(x), nfe=int(nfe), per=np.asarray(info['nfe_per_sample']))
+'''
+
+
+@pytest.mark.parametrize('sde_name,method,control', [
+    ('ve', 'dopri5', 'sample'), ('vp', 'tsit5', 'sample'), ('subvp', 'RK45', 'batch')])
+def test_adaptive_solve_matches_exact_flow(sde_name, method, control, tmp_path):
+  two_devices = sde_name == 've' and control == 'sample'
+  if two_devices:  # runs concurrently with the checks below
+    env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT,
+               XLA_FLAGS='--xla_force_host_platform_device_count=2')
+    proc = subprocess.Popen([sys.executable, '-c', _DEVICES_SCRIPT, str(tmp_path / 'x2.npz'),
+                             '2'], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+  sde, eps, field, smp, score = adaptive_sampler(sde_name, method, control)
   x, nfe, info = _run(smp, score)
   err = np.abs(x - exact_flow(field, sde, prior(sde, B), eps)).max()
   # rtol = atol = 1e-5 per step; data of scale 0.5 +- 0.25 (measured errors 1e-5 .. 6e-5)
@@ -100,17 +130,19 @@ def test_adaptive_solve_matches_exact_flow(sde_name, method, control):
   assert nfe == per.max() and np.all((per - 1) % 6 == 0)
   if control == 'batch':
     assert np.all(per == nfe)
-  if sde_name == 've' and control == 'sample':
-    # looser tolerances: larger error, fewer evaluations
-    loose = sampling.get_ode_sampler(sde, (B, H, H, C), method=method, eps=eps, rtol=1e-3,
-                                     atol=1e-3)
-    x2, nfe2, _ = _run(loose, score)
-    err2 = np.abs(x2 - exact_flow(field, sde, prior(sde, B), eps)).max()
-    assert nfe2 < nfe and err2 > 3 * err, (nfe2, nfe, err2, err)
+  if two_devices:
+    # the batch sharded over 2 devices (score evaluated per device via shard_map inside
+    # the custom_vmap of the vmapped solve): the same samples and NFE as on 1 device
+    _, stderr = proc.communicate(timeout=900)
+    assert proc.returncode == 0, stderr[-3000:]
+    two = np.load(tmp_path / 'x2.npz')
+    assert int(two['nfe']) == nfe
+    np.testing.assert_array_equal(two['per'], per)
+    np.testing.assert_allclose(two['x'], x, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize('method,order,steps', [('euler', 1, (64, 128, 256)),
-                                                ('heun', 2, (32, 64, 128))])
+@pytest.mark.parametrize('method,order,steps', [('euler', 1, (64, 256)),
+                                                ('heun', 2, (32, 128))])
 def test_fixed_steps_converge_at_their_order(method, order, steps):
   """Uniform steps in t: max error vs the exact flow ~ steps^-order; NFE = steps * stages."""
   make, eps = SDES['ve']
@@ -124,31 +156,19 @@ def test_fixed_steps_converge_at_their_order(method, order, steps):
     assert nfe == n * order and int(info['steps']) == n   # Euler 1, Heun 2 stages
     assert np.all(info['nfe_per_sample'] == nfe)
     errs.append(np.abs(x - ref).max())
-  slope = np.polyfit(np.log(steps), np.log(errs), 1)[0]
+  slope = np.log(errs[1] / errs[0]) / np.log(steps[1] / steps[0])
   assert abs(slope + order) < 0.15 * order, (slope, errs)
 
 
-def test_fixed_steps_sample_k_independent_of_batch_size():
-  make, eps = SDES['vp']
-  sde, field = make(), _field()
-  score = Counted(lambda x, t: field.score(sde, x, t))
-  mk = lambda b: sampling.get_ode_sampler(sde, (b, H, H, C), method='heun', eps=eps, steps=5)
-  x6, _, _ = _run(mk(6), score, rng=3)
-  x2, _, _ = _run(mk(2), score, rng=3, offset=2)
-  np.testing.assert_allclose(x6[2:4], x2, rtol=1e-6, atol=1e-6)
-  assert not np.allclose(x6[:2], x2)
-
-
-@pytest.mark.parametrize('denoise', [False, True])
-def test_config_path_and_denoising_step(denoise):
-  """get_sampler_from_config passes ode_method / ode_steps / noise_removal; denoising is
-  one reverse-diffusion step at eps (score_sde): x + G^2 s(x, eps), G the VE
-  discretisation's at index 0 (+1 NFE)."""
+def test_config_path_and_denoising_step():
+  """get_sampler_from_config passes ode_method / ode_steps / noise_removal: three Euler
+  steps, then one reverse-diffusion step at eps (score_sde's denoising, +1 NFE):
+  x + G^2 s(x, eps), G the VE discretisation's at index 0."""
   make, eps = SDES['ve']
   sde, field = make(), _field()
   config = ml_collections.ConfigDict({'sampling': {
       'method': 'ode', 'ode_method': 'euler', 'ode_steps': 3, 'ode_rtol': 1e-5,
-      'ode_atol': 1e-5, 'noise_removal': denoise}})
+      'ode_atol': 1e-5, 'noise_removal': True}})
   smp = sampling.get_sampler_from_config(config, sde, (B, H, H, C), eps)
   score = Counted(lambda x, t: field.score(sde, x, t))
   x, nfe, _ = _run(smp, score)
@@ -160,10 +180,10 @@ def test_config_path_and_denoising_step(denoise):
     sigma = sde.sigma_min * (sde.sigma_max / sde.sigma_min) ** t0
     s = np.asarray(field.score(sde, jnp.asarray(y, jnp.float32), jnp.full((B,), t0)), np.float64)
     y = y + (t1 - t0) * (-0.5 * sigma ** 2 * 2 * log_ratio * s)   # f = 0, g^2 = 2 sigma^2 log r
-  if denoise:   # VE discretisation at index 0: G^2 = sigma_0^2 - 0 = sigma_min^2
-    s = np.asarray(field.score(sde, jnp.asarray(y, jnp.float32), jnp.full((B,), eps)))
-    y = y + sde.sigma_min ** 2 * s
-  assert nfe == 3 + int(denoise)
+  # VE discretisation at index 0: G^2 = sigma_0^2 - sigma_{-1}^2 = sigma_min^2
+  s = np.asarray(field.score(sde, jnp.asarray(y, jnp.float32), jnp.full((B,), eps)))
+  y = y + sde.sigma_min ** 2 * s
+  assert nfe == 3 + 1
   np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-4)
 
 
@@ -193,59 +213,16 @@ def test_bad_values_name_the_key():
       build(**kw)
   with pytest.raises(ValueError, match=r"step_control='shared'.*\['sample', 'batch'\]"):
     sampling.get_ode_sampler(sde, shape, step_control='shared')
-  # names are case-insensitive; RK45 is dopri5, fixed-step Euler needs no tolerances
+  # names are case-insensitive, RK45 is dopri5, Euler is fine with fixed steps
   assert isinstance(build(ode_method='RK45'), sampling.Sampler)
   assert isinstance(build(ode_method='Euler', ode_steps=4), sampling.Sampler)
 
 
 def test_nonfinite_solve_is_reported():
+  """NaN scores make every error estimate NaN: steps are rejected until max_steps, and
+  info['first_nonfinite_step'] reports the step count instead of -1."""
   sde = sde_lib.VESDE(0.01, 50., 10)
   score = Counted(lambda x, t: jnp.where(t[:, None, None, None] < 0.5, jnp.nan, -x / 2500.))
-  smp = sampling.get_ode_sampler(sde, (2, 4, 4, 1), method='euler', steps=4, eps=1e-5)
-  x, nfe, info = _run(smp, score)
-  assert not np.all(np.isfinite(x)) and int(info['first_nonfinite_step']) == 4 == nfe
-  # adaptive: NaN errors reject every step until max_steps, which is reported too
   smp = sampling.get_ode_sampler(sde, (2, 4, 4, 1), eps=1e-5, max_steps=30)
   _, nfe, info = _run(smp, score)
-  assert int(info['first_nonfinite_step']) == int(info['steps']) == 30 and nfe == 181
-
-
-_TWO_DEVICES = r'''
-import os, sys
-import jax
-import numpy as np
-from configs.analytic import gaussian_field
-from score_sde_pds import sampling, sde_lib
-from score_sde_pds.models import utils as mutils
-assert jax.device_count() == int(sys.argv[2]), jax.devices()
-config = gaussian_field.get_config()
-config.data.image_size = 8
-config.sampling.method = 'ode'
-config.sampling.noise_removal = False
-sde, eps = sde_lib.get_sde(config)
-model, states, params = mutils.init_model(jax.random.PRNGKey(0), config)
-fn = sampling.get_sampling_fn(config, sde, model, (4, 8, 8, 3), eps)
-x, nfe, info = fn.with_info(jax.random.PRNGKey(1), params, states)
-assert len(x.sharding.device_set) == jax.device_count()
-np.savez(sys.argv[1], x=np.asarray(x), nfe=int(nfe), per=np.asarray(info['nfe_per_sample']))
-'''
-
-
-def test_adaptive_solve_same_on_one_and_two_devices(tmp_path):
-  """Batch sharded over 2 CPU devices (per-device score evaluation via shard_map inside
-  the custom_vmap of the vmapped solve): the same samples and NFE as on 1 device."""
-  out = {}
-  procs = {}
-  for n in (1, 2):
-    env = dict(os.environ, JAX_PLATFORMS='cpu',
-               XLA_FLAGS=f'--xla_force_host_platform_device_count={n}',
-               PYTHONPATH=ROOT)
-    procs[n] = subprocess.Popen([sys.executable, '-c', _TWO_DEVICES, str(tmp_path / f'{n}.npz'),
-                                 str(n)], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
-  for n, p in procs.items():
-    _, err = p.communicate(timeout=600)
-    assert p.returncode == 0, err[-3000:]
-    out[n] = np.load(tmp_path / f'{n}.npz')
-  assert int(out[1]['nfe']) == int(out[2]['nfe']) > 20
-  np.testing.assert_array_equal(out[1]['per'], out[2]['per'])
-  np.testing.assert_allclose(out[1]['x'], out[2]['x'], rtol=0, atol=1e-6)
+  assert int(info['first_nonfinite_step']) == int(info['steps']) == 30 and nfe == 1 + 6 * 30

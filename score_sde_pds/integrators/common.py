@@ -162,8 +162,8 @@ def make_sampler(sde, shape, *, num_steps: int, nfe: int, xs: dict, init: Callab
     preconditioner: default Preconditioner for `Sampler.__call__`.
     extra_info: static entries added to info.
   Returns:
-    sampling.Sampler; run(rng, score_fn, precond=None, offset=0) -> (x (B,...,C), nfe,
-    info with 'first_nonfinite_step' (-1 if all finite)).
+    sampling.Sampler (with attribute nfe); run(rng, score_fn, precond=None, offset=0) ->
+    (x (B,...,C), nfe, info with 'first_nonfinite_step' (-1 if all finite)).
   """
   sshape = state_shape(sde, shape)
   B, k = sshape[0], sde.block_dim
@@ -204,4 +204,6 @@ def make_sampler(sde, shape, *, num_steps: int, nfe: int, xs: dict, init: Callab
     info.update(extra_info or {})
     return sde_lib.data_part(z, k), nfe, info
 
-  return sampling.Sampler(run, preconditioner)
+  sampler = sampling.Sampler(run, preconditioner)
+  sampler.nfe = int(nfe)
+  return sampler

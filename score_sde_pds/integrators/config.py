@@ -2,7 +2,8 @@
 
 Keys (configs/default_configs.py): sampling.method ('conjugate' | 'splitting'),
 sampling.integrator (conjugate rule or splitting scheme; '' -> 'euler' / 'cvv'),
-sampling.lam, sampling.b_matrix, sampling.grid, sampling.num_steps (0 -> sde.N),
+sampling.lam, sampling.b_matrix, sampling.eps_frame, sampling.grid, sampling.num_steps
+(0 -> sde.N),
 sampling.noise_scale, sampling.noise_removal (conjugate: the final step to t = 0),
 sampling.pds.* (the spectral B of b_matrix='spectral'; PDS in the splitting O steps).
 """
@@ -65,6 +66,7 @@ def get_sampler_from_config(config, sde, shape, eps, preconditioner=None):
   except (TypeError, ValueError):
     raise ValueError(f'config.sampling.lam must be a number, got {s.get("lam")!r}.') from None
   n = num_steps(config, sde)
+  eps_frame = str(s.get('eps_frame', 'cholesky')).lower()
   if method == 'conjugate':
     b_matrix = str(s.get('b_matrix', 'identity')).lower()
     gain = None
@@ -79,7 +81,7 @@ def get_sampler_from_config(config, sde, shape, eps, preconditioner=None):
                        "method='conjugate' unless config.sampling.b_matrix='spectral'.")
     return get_conjugate_sampler(sde, shape, num_steps=n, lam=lam, grid=grid, eps=eps,
                                  denoise=bool(s.get('noise_removal', False)), rule=integrator,
-                                 b_matrix=b_matrix, spectral_gain=gain,
+                                 b_matrix=b_matrix, spectral_gain=gain, eps_frame=eps_frame,
                                  preconditioner=preconditioner if pds_on else None)
   if integrator in SPLITTING_SCHEMES and pds_on and not SPLITTING_SCHEMES[integrator].stochastic:
     raise ValueError(f'config.sampling.pds.enabled=True preconditions the Langevin (O) steps of '
@@ -91,4 +93,5 @@ def get_sampler_from_config(config, sde, shape, eps, preconditioner=None):
     raise ValueError(f'config.sampling.grid={grid!r} is not known; valid: {list(common.GRIDS)}.')
   return get_splitting_sampler(sde, shape, integrator=integrator, num_steps=n, eps=eps,
                                grid=grid, noise_scale=s.get('noise_scale', 1.), lam=lam,
+                               eps_frame=eps_frame,
                                preconditioner=preconditioner if pds_on else None)

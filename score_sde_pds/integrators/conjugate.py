@@ -40,6 +40,10 @@ with -L_t^T so that the jitted lax.scan applies them to the score directly.
 `denoise` adds one step (4) from t_N = eps to 0 (one more evaluation); with B = 0 on VP it
 returns Tweedie's E[x_0 | x_eps].
 
+Natural eps frame (beyond the paper): eps_frame='natural' freezes eps in the square root of
+Sigma_t that the probability-flow ODE transports instead of the Cholesky factor (EpsFrame);
+only CLD/PSLD differ.
+
 Spectral lambda-DDIM (beyond the paper)
 ---------------------------------------
 b_matrix='spectral' takes B_t = lam Gamma, Gamma = F^-1 diag(g) F Fourier-diagonal per
@@ -63,6 +67,7 @@ from score_sde_pds import sde_lib
 from score_sde_pds.integrators import common
 
 B_MATRICES = ('identity', 'ones', 'spectral')
+EPS_FRAMES = ('cholesky', 'natural')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,10 +93,66 @@ def register_rule(name, nfe_per_step, order):
 # ----------------------------------------------------------------------------- host maths
 
 
-def _kernel(sde, s):
-  """1/2 G_s G_s^T L_s^{-T}, s (...) -> (..., k, k)."""
-  L = sde.chol_block(s)
-  return 0.5 * sde.diffusion_block(s) @ sde_lib.block_inv(sde_lib.block_transpose(L))
+class EpsFrame:
+  """The square root S_t of Sigma_t (S S^T = Sigma_t) in which eps = -S_t^T score is frozen.
+
+  'cholesky': S = L_t, the lower Cholesky factor (PSLD's parameterisation, the networks').
+  'natural' (beyond the paper): S_t = L_t Rot(theta_t) with the rotation chosen so that
+  dS/dt = F S + 1/2 G G^T S^{-T}, the square root that the probability-flow ODE itself
+  transports: for a point-mass data distribution z_t = m_t + S_t eps along the exact ODE
+  path with eps constant, so freezing eps is exact there (as DDIM is for VP). Writing
+  S = L O, O O^T = I, the strictly upper part of O' O^T = L^{-1}(F L + 1/2 G G^T L^{-T}) - L^{-1} L'
+  (L^{-1} L' is lower triangular) gives theta' = -(L^{-1}(F L + 1/2 G G^T L^{-T}))_12,
+  theta_T = 0, integrated on the host (DOP853, rtol 1e-11). Between T = 1 and t = 1e-3 the
+  Cholesky frame of PSLD/CLD turns by about 10 rad against it, which is what makes frozen
+  Cholesky eps inaccurate. For 1x1 blocks both frames coincide.
+  """
+
+  def __init__(self, sde, frame='cholesky', t_min=1e-6):
+    if frame not in EPS_FRAMES:
+      raise ValueError(f'config.sampling.eps_frame={frame!r} is not known; valid: '
+                       f'{list(EPS_FRAMES)}.')
+    self.sde = sde_lib.host_sde(sde)
+    self.natural = frame == 'natural' and self.sde.block_dim == 2
+    if self.natural:
+      self.sol = _natural_rotation(self.sde, float(t_min))
+
+  def factor(self, t):
+    t = np.asarray(t, np.float64)
+    L = self.sde.chol_block(t)
+    if not self.natural:
+      return L
+    th = self.sol(t.ravel())[0].reshape(t.shape)
+    c, s = np.cos(th), np.sin(th)
+    rot = np.stack([np.stack([c, -s], -1), np.stack([s, c], -1)], -2)
+    return L @ rot
+
+
+_ROTATIONS = {}
+
+
+def _natural_rotation(hs, t_min):
+  """theta_t of EpsFrame('natural') on [t_min, T] (scipy dense output), memoised per SDE
+  parameters and t_min: every sampler built on the same SDE and grid end reuses it."""
+  key = (type(hs).__name__, tuple(float(v) for v in jax.tree.leaves(hs)), t_min)
+  if key not in _ROTATIONS:
+
+    def rhs(t, y):
+      t = np.float64(t)
+      L = hs.chol_block(t)
+      Li = np.linalg.inv(L)
+      M = hs.drift_block(t) @ L + 0.5 * hs.diffusion_block(t) @ Li.T
+      return [-(Li @ M)[0, 1]]
+
+    _ROTATIONS[key] = solve_ivp(rhs, (float(hs.T), t_min), [0.], method='DOP853', rtol=1e-11,
+                                atol=1e-12, dense_output=True).sol
+  return _ROTATIONS[key]
+
+
+def _kernel(sde, s, frame=None):
+  """1/2 G_s G_s^T S_s^{-T} (S = the eps frame's factor), s (...) -> (..., k, k)."""
+  S = frame.factor(s) if frame is not None else sde.chol_block(s)
+  return 0.5 * sde.diffusion_block(s) @ sde_lib.block_inv(sde_lib.block_transpose(S))
 
 
 class _Transform:
@@ -139,7 +200,7 @@ class _Transform:
 
 
 def conjugate_coefficients(sde, ts, *, lam=0., b_matrix='identity', rule='euler',
-                           denoise=False, lam_vec=None, nq=24) -> dict:
+                           denoise=False, lam_vec=None, eps_frame='cholesky', nq=24) -> dict:
   """Per-step matrices of a conjugate rule on the grid ts (host, float64).
 
   Args:
@@ -147,6 +208,7 @@ def conjugate_coefficients(sde, ts, *, lam=0., b_matrix='identity', rule='euler'
     lam, b_matrix: B = lam I ('identity'), lam 1 1^T ('ones'); for 'spectral' pass
       lam_vec (n_u,), one lambda per class of Fourier modes.
     rule: 'euler' | 'heun' | 'ab2'. denoise: add the step t_N -> 0.
+    eps_frame: 'cholesky' | 'natural' (EpsFrame): the frame in which eps is frozen.
   Returns:
     dict of arrays, leading axis N (steps), then n_u (only for 'spectral'), then (k, k);
     keys per rule (see the step functions), plus 'Pd', 'Qd' for denoise.
@@ -156,16 +218,17 @@ def conjugate_coefficients(sde, ts, *, lam=0., b_matrix='identity', rule='euler'
   k, N = sde.block_dim, len(ts) - 1
   spectral = b_matrix == 'spectral'
   tr = _Transform(sde, lam_vec if spectral else [lam], b_matrix)
+  frame = EpsFrame(sde, eps_frame, t_min=ts[-1] * (1e-7 if denoise else 0.5))
   eye = np.eye(k)
   ta, tb = ts[:-1], ts[1:]
   h = (ta - tb)[:, None, None, None]
   s, w = common.gl_nodes(ta, tb, nq)                            # (N, nq)
-  RK = tr.rel(tb[:, None], s) @ _kernel(sde, s)[:, :, None]     # (N, nq, n_u, k, k)
+  RK = tr.rel(tb[:, None], s) @ _kernel(sde, s, frame)[:, :, None]   # (N, nq, n_u, k, k)
   Q = np.einsum('nq,nquij->nuij', w, RK)
   M1 = np.einsum('nq,nquij->nuij', w * (s - ta[:, None]), RK)
   R1 = tr.rel(tb, ta)                                           # (N, n_u, k, k)
   Bz1 = tr.bz(tb)
-  LT = sde_lib.block_transpose(sde.chol_block(ts))[:, None]     # (N + 1, 1, k, k)
+  LT = sde_lib.block_transpose(frame.factor(ts))[:, None]       # (N + 1, 1, k, k)
   P = (eye - h * Bz1) @ R1
   out = {'t': ts[:-1], 't_next': ts[1:]}
   if rule == 'euler':
@@ -190,7 +253,7 @@ def conjugate_coefficients(sde, ts, *, lam=0., b_matrix='identity', rule='euler'
                      f'{sorted(CONJUGATE_RULES)}.')
   if denoise:
     sd, wd = common.gl_nodes_from_zero(ts[-1], nq)             # int_0^{t_N}
-    Qd = -np.einsum('q,quij->uij', wd, tr.rel(0., sd) @ _kernel(sde, sd)[:, None])
+    Qd = -np.einsum('q,quij->uij', wd, tr.rel(0., sd) @ _kernel(sde, sd, frame)[:, None])
     Pd = (eye - ts[-1] * tr.bz(0.)) @ tr.rel(0., ts[-1])
     out.update(Pd=Pd, Qds=-Qd @ LT[-1])
   if not spectral:   # drop the n_u axis
@@ -267,7 +330,8 @@ def _spectral_classes(gain, lam):
 
 def get_conjugate_sampler(sde, shape, *, num_steps, lam=0.0, grid='uniform', eps=1e-3,
                           denoise=False, rule='euler', b_matrix='identity',
-                          spectral_gain=None, noise_source=None, preconditioner=None):
+                          spectral_gain=None, eps_frame='cholesky', noise_source=None,
+                          preconditioner=None):
   """Conjugate-integrator sampler of the probability-flow ODE (module docstring).
 
   Args:
@@ -279,6 +343,7 @@ def get_conjugate_sampler(sde, shape, *, num_steps, lam=0.0, grid='uniform', eps
     rule: 'euler' (1 evaluation/step), 'heun' (2), 'ab2' (1).
     b_matrix: 'identity' (B = lam I), 'ones' (B = lam 1 1^T), 'spectral' (B = lam Gamma,
       Gamma Fourier-diagonal with gain `spectral_gain` (H, W, C); 'euler' only).
+    eps_frame: 'cholesky' (the paper's) or 'natural' (EpsFrame; CLD/PSLD only differ).
     noise_source: replaces the prior draw (see common.make_sampler).
   Returns:
     sampling.Sampler: sampler(rng, score_fn) -> (x (B,H,W,C), nfe); score_fn(z, t) is the
@@ -295,12 +360,16 @@ def get_conjugate_sampler(sde, shape, *, num_steps, lam=0.0, grid='uniform', eps
   lam = float(lam)
   if not np.isfinite(lam):
     raise ValueError(f'config.sampling.lam must be finite, got {lam!r}.')
+  if eps_frame not in EPS_FRAMES:
+    raise ValueError(f'config.sampling.eps_frame={eps_frame!r} is not known; valid: '
+                     f'{list(EPS_FRAMES)}.')
   ts = common.time_grid(sde, int(num_steps), float(eps), grid)
   k = sde.block_dim
   r = CONJUGATE_RULES[rule]
   nfe = r.nfe_per_step * int(num_steps) + int(bool(denoise))
   if b_matrix != 'spectral':
-    co = conjugate_coefficients(sde, ts, lam=lam, b_matrix=b_matrix, rule=rule, denoise=denoise)
+    co = conjugate_coefficients(sde, ts, lam=lam, b_matrix=b_matrix, rule=rule, denoise=denoise,
+                                eps_frame=eps_frame)
     xs = {key: v for key, v in co.items() if key not in ('Pd', 'Qds')}
     fin = common.f32({key: co[key] for key in ('Pd', 'Qds') if key in co})
     t_last = float(ts[-1])
@@ -331,7 +400,7 @@ def get_conjugate_sampler(sde, shape, *, num_steps, lam=0.0, grid='uniform', eps
   gain = np.broadcast_to(np.asarray(spectral_gain, np.float64), shape[1:])
   lam_vec, idx = _spectral_classes(gain, lam)
   co = conjugate_coefficients(sde, ts, b_matrix='spectral', rule='euler', denoise=denoise,
-                              lam_vec=lam_vec)
+                              lam_vec=lam_vec, eps_frame=eps_frame)
   h = ts[:-1] - ts[1:]
   # P = (1 - h lam_u) e^{lam_u h} Psi(t_{i+1}, t_i): a scalar per class times a shared block
   p_scal = (1. - h[:, None] * lam_vec) * np.exp(lam_vec * h[:, None])           # (N, n_u)

@@ -54,8 +54,9 @@ lam_s sqrt(h) G (M xi): Langevin dynamics with preconditioner G G^T (x) M M^T, w
 leaves p_t invariant (PDS Theorem 1), so the scheme stays consistent.
 
 All U, V, W are (2,2) blocks computed once on the host in float64 (24-point
-Gauss-Legendre quadrature for the conjugate sub-flows, scipy.linalg.expm and quadrature
-for SSCS's Ornstein-Uhlenbeck part) and applied in a jitted lax.scan.
+Gauss-Legendre quadrature for the conjugate sub-flows, the closed-form 2x2 matrix
+exponential `expm2` and quadrature for SSCS's Ornstein-Uhlenbeck part) and applied in a
+jitted lax.scan.
 """
 from __future__ import annotations
 
@@ -64,7 +65,6 @@ from typing import Callable
 
 import jax.numpy as jnp
 import numpy as np
-import scipy.linalg
 
 from score_sde_pds import sde_lib
 from score_sde_pds.integrators import common
@@ -106,12 +106,34 @@ def register_scheme(name, stochastic, order):
 # ----------------------------------------------------------------------------- host maths
 
 
+def expm2(A):
+  """exp(A) of real (..., 2, 2) blocks in closed form (host, float64).
+
+  With s = tr(A) / 2, Q = A - s I (Q^2 = d^2 I, d^2 = s^2 - det A, Cayley-Hamilton):
+  exp(A) = e^s (cosh(d) I + sinh(d) / d Q), real for either sign of d^2 (d imaginary:
+  cos, sin). Written out because scipy.linalg.expm handles one matrix per call, which
+  cost seconds for the (N, nq) quadrature blocks of SSCS.
+  """
+  A = np.asarray(A, np.float64)
+  s = 0.5 * (A[..., 0, 0] + A[..., 1, 1])
+  Q = A - s[..., None, None] * np.eye(2)
+  d2 = -(Q[..., 0, 0] * Q[..., 1, 1] - Q[..., 0, 1] * Q[..., 1, 0])
+  d = np.sqrt(d2.astype(np.complex128))
+  small = np.abs(d) < 1e-4
+  ds = np.where(small, 1., d)
+  ch = np.where(small, 1. + d2 / 2 + d2 ** 2 / 24, np.cosh(ds)).real
+  sh = np.where(small, 1. + d2 / 6 + d2 ** 2 / 120, np.sinh(ds) / ds).real
+  return np.exp(s)[..., None, None] * (ch[..., None, None] * np.eye(2) + sh[..., None, None] * Q)
+
+
 class Geometry:
   """Per-step host coefficient builders on the grid ts (every array (N, 2, 2))."""
 
-  def __init__(self, sde, ts, noise_scale=1.0, lam=0.0, nq=24):
+  def __init__(self, sde, ts, noise_scale=1.0, lam=0.0, eps_frame='cholesky', nq=24):
     self.sde = sde_lib.host_sde(sde)
     self.ts = np.asarray(ts, np.float64)
+    self.eps_frame = eps_frame
+    self._frame = None
     self.ta, self.tb = self.ts[:-1], self.ts[1:]
     self.tm = 0.5 * (self.ta + self.tb)
     self.h = self.ta - self.tb
@@ -161,6 +183,13 @@ class Geometry:
 
   # -- conjugate (exact) sub-flows, frozen eps ------------------------------------------
 
+  @property
+  def frame(self):
+    if self._frame is None:
+      from score_sde_pds.integrators.conjugate import EpsFrame
+      self._frame = EpsFrame(self.sde, self.eps_frame, t_min=0.5 * self.ts[-1])
+    return self._frame
+
   def exact_row(self, row, t_from, t_to, t_eps):
     """Row `row` solved exactly from t_from to t_to with the other row and eps frozen
     (eps from the score evaluated at t_eps: eps = -L^T s); lambda-DDIM in that row."""
@@ -172,7 +201,7 @@ class Geometry:
     bb = sde._int_beta(tb)
     u, w = common.gl_nodes(ta, tb, self.nq)                         # (N, nq)
     decay = np.exp(-lam * (tb[:, None] - u) + K[row, row] * (bb[:, None] - sde._int_beta(u)))
-    L = sde.chol_block(u)
+    L = self.frame.factor(u)
     ker = 0.5 * sde.diffusion_block(u) @ sde_lib.block_inv(sde_lib.block_transpose(L))
     v_eps = np.einsum('nq,nqj->nj', w * decay, ker[..., row, :])   # (N, 2)
     u_o = np.einsum('nq,nq->n', w * decay, sde._beta(u) * K[row, o])
@@ -181,7 +210,7 @@ class Geometry:
                                                                  (bb - sde._int_beta(ta)))
     U[:, row, o] = u_o
     V = np.zeros_like(U)
-    LTe = sde_lib.block_transpose(sde.chol_block(te))
+    LTe = sde_lib.block_transpose(self.frame.factor(te))
     V[:, row, :] = -np.einsum('nj,nji->ni', v_eps, LTe)            # acts on the score
     return U, V
 
@@ -196,11 +225,11 @@ class Geometry:
     D = np.diag(d)
     J = K + c * D @ np.linalg.inv(np.asarray(sde.prior_cov_block()))
     db = sde._int_beta(self._t(t_from)) - sde._int_beta(self._t(t_to))  # (N,) > 0
-    T = scipy.linalg.expm(-J * db[:, None, None])
+    T = expm2(-J * db[:, None, None])
     if self.ls == 0:
       return T, np.zeros_like(T)
     u, w = common.gl_nodes(np.zeros_like(db), db, self.nq)
-    E = scipy.linalg.expm(-J * u[..., None, None])                  # (N, nq, 2, 2)
+    E = expm2(-J * u[..., None, None])                              # (N, nq, 2, 2)
     Qn = self.ls ** 2 * np.einsum('nq,nqij->nij', w, E @ D @ sde_lib.block_transpose(E))
     return T, sde_lib.block_chol(Qn)
 
@@ -313,9 +342,9 @@ def _sscs(geo):
 # ----------------------------------------------------------------------------- factory
 
 
-def splitting_plan(sde, ts, integrator, noise_scale=1.0, lam=0.0):
+def splitting_plan(sde, ts, integrator, noise_scale=1.0, lam=0.0, eps_frame='cholesky'):
   """(stages, init_eval, xs) of a scheme on the grid ts (host, float64)."""
-  geo = Geometry(sde, ts, noise_scale=noise_scale, lam=lam)
+  geo = Geometry(sde, ts, noise_scale=noise_scale, lam=lam, eps_frame=eps_frame)
   stages, init_eval = SPLITTING_SCHEMES[integrator].build(geo)
   stages = _prune(stages)
   if init_eval and not any(st.kind == 'lin' and st.V for st in stages[:next(
@@ -325,7 +354,8 @@ def splitting_plan(sde, ts, integrator, noise_scale=1.0, lam=0.0):
 
 
 def get_splitting_sampler(sde, shape, *, integrator, num_steps, eps=1e-3, grid='uniform',
-                          noise_scale=1.0, lam=0.0, noise_source=None, preconditioner=None):
+                          noise_scale=1.0, lam=0.0, eps_frame='cholesky', noise_source=None,
+                          preconditioner=None):
   """Splitting-integrator sampler for CLD/PSLD (module docstring).
 
   Args:
@@ -335,6 +365,7 @@ def get_splitting_sampler(sde, shape, *, integrator, num_steps, eps=1e-3, grid='
     num_steps: N steps on `grid` ('uniform': t_i = T - i (T - eps) / N). eps: final time.
     noise_scale: lam_s of the stochastic schemes (1: reverse SDE, 0: deterministic).
     lam: lambda-DDIM parameter of the conjugate sub-flows ('cvv').
+    eps_frame: frame of the frozen eps of the conjugate sub-flows (conjugate.EpsFrame).
     noise_source: replaces the Gaussian draws (common.make_sampler).
     preconditioner: default PDS Preconditioner of the O steps (None: plain); a per-call
       one can be passed to run() / __call__.
@@ -351,13 +382,21 @@ def get_splitting_sampler(sde, shape, *, integrator, num_steps, eps=1e-3, grid='
   if integrator not in SPLITTING_SCHEMES:
     raise ValueError(f'config.sampling.integrator={integrator!r} is not a splitting scheme; '
                      f'valid: {sorted(SPLITTING_SCHEMES)}.')
-  noise_scale, lam = float(noise_scale), float(lam)
+  try:
+    noise_scale, lam = float(noise_scale), float(lam)
+  except (TypeError, ValueError):
+    raise ValueError('config.sampling.noise_scale and config.sampling.lam must be numbers, got '
+                     f'{noise_scale!r}, {lam!r}.') from None
   if not (np.isfinite(noise_scale) and noise_scale >= 0):
     raise ValueError(f'config.sampling.noise_scale must be >= 0, got {noise_scale!r}.')
   if not np.isfinite(lam):
     raise ValueError(f'config.sampling.lam must be finite, got {lam!r}.')
   ts = common.time_grid(sde, int(num_steps), float(eps), grid)
-  stages, init_eval, xs = splitting_plan(sde, ts, integrator, noise_scale, lam)
+  from score_sde_pds.integrators.conjugate import EPS_FRAMES
+  if eps_frame not in EPS_FRAMES:
+    raise ValueError(f'config.sampling.eps_frame={eps_frame!r} is not known; valid: '
+                     f'{list(EPS_FRAMES)}.')
+  stages, init_eval, xs = splitting_plan(sde, ts, integrator, noise_scale, lam, eps_frame)
   n_eval = sum(st.kind == 'eval' for st in stages)
   nfe = n_eval * int(num_steps) + int(init_eval)
   T = float(sde.T)
