@@ -1,0 +1,302 @@
+"""Error vs NFE curves of every integrator and the PC/ODE baselines on the analytic oracle.
+
+`run_curves(config, nfes, samplers)` samples the Gaussian-field oracle of `config`
+(configs/analytic/*; its SDE: VP, subVP, VE, CLD or PSLD) with each sampler at each NFE
+budget and scores it by the Frechet distance to the exact field:
+  * 'exact': samplers that are affine and stationary on the oracle (all conjugate and
+    splitting integrators, PC without a corrector) get the exact FD from their impulse
+    responses (oracle.output_moments): no sampling error at all;
+  * 'mc': the others (PC with the Langevin corrector, whose step size depends on the
+    state; the diffrax ODE solvers: fixed-step Heun, adaptive RK45) get the FD of `mc_samples` samples
+    (analytic.frechet_distance) minus the same estimator on as many exact field samples
+    (the finite-sample floor), so both kinds estimate the same population quantity.
+The step count of a sampler is the largest giving at most the NFE budget (NFE = per-step
+evaluations x steps + fixed extra evaluations); the row records the NFE actually spent.
+`write_outputs` writes curves.csv, curves.md and curves.png (atomically).
+
+This module is pure (file I/O only in write_outputs).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import time
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from score_sde_pds import preconditioning, sampling, sde_lib, utils
+from score_sde_pds.integrators import conjugate, oracle, splitting
+from score_sde_pds.models import analytic
+
+CSV_COLUMNS = ('sde', 'sampler', 'family', 'nfe_budget', 'nfe', 'num_steps', 'fd', 'fd_kind',
+               'spec_err', 'seconds')
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """A sampler of the sweep: build(sde, shape, num_steps, noise_source) -> Sampler.
+
+  exact: affine and stationary on the oracle (exact FD). tags: noise tags per step.
+  """
+  name: str
+  family: str
+  build: Callable
+  exact: bool = True
+  tags: tuple = ()
+  nfe_per_step: int = 0      # 0: read from the sampler's `nfe` (integrators)
+
+
+def _pds_preconditioner(field, shape):
+  """The PDS operator from the oracle's exact statistics (alpha 5, frequency filter)."""
+  return preconditioning.Preconditioner.from_statistics(
+      freq_stats=np.log1p(np.asarray(field.second_moment_spectrum())), alpha=5.,
+      shape=tuple(shape[1:]))
+
+
+def default_specs(sde, field, eps) -> list[Spec]:
+  """Every integrator that applies to `sde`, plus the PC/ODE baselines."""
+  specs = []
+  aug = getattr(sde, 'is_augmented', False)
+  conj = lambda **kw: (lambda sde, shape, n, src: conjugate.get_conjugate_sampler(
+      sde, shape, num_steps=n, eps=eps, noise_source=src, **kw))
+  frames = ('cholesky', 'natural') if aug else ('cholesky',)
+  for frame in frames:
+    tag = '' if frame == 'cholesky' else ' natural'
+    specs += [Spec(f'conj euler B=0{tag}', 'conjugate', conj(eps_frame=frame)),
+              Spec(f'conj euler lam=1{tag}', 'conjugate', conj(lam=1., eps_frame=frame)),
+              Spec(f'conj heun{tag}', 'conjugate', conj(rule='heun', eps_frame=frame)),
+              Spec(f'conj ab2{tag}', 'conjugate', conj(rule='ab2', eps_frame=frame))]
+  if aug:
+    specs.append(Spec('conj euler B=0.5*ones', 'conjugate', conj(lam=0.5, b_matrix='ones')))
+  gain = _pds_preconditioner(field, (1,) + tuple(field.shape)).freq_gain
+  gain = np.broadcast_to(np.asarray(gain, np.float64), field.shape) ** 2
+  specs.append(Spec('conj spectral lam=1 (PDS)' + (' natural' if aug else ''), 'conjugate',
+                    conj(lam=1., b_matrix='spectral', spectral_gain=gain,
+                         eps_frame='natural' if aug else 'cholesky')))
+  if aug:
+    def split(scheme, **kw):
+      return lambda sde, shape, n, src: splitting.get_splitting_sampler(
+          sde, shape, integrator=scheme, num_steps=n, eps=eps, noise_source=src, **kw)
+    for scheme in ('nse', 'nvv', 'rse', 'rvv', 'cvv'):
+      specs.append(Spec(scheme, 'splitting', split(scheme)))
+    specs.append(Spec('cvv natural', 'splitting', split('cvv', eps_frame='natural')))
+    for scheme in ('oba', 'baoab', 'roba', 'sscs'):
+      probe = splitting.get_splitting_sampler(sde, (1,) + tuple(field.shape[:2]) + (1,),
+                                              integrator=scheme, num_steps=1, eps=eps)
+      specs.append(Spec(scheme, 'splitting', split(scheme), tags=tuple(probe.noise_tags)))
+    pds = _pds_preconditioner(field, (1,) + tuple(field.shape))
+    specs.append(Spec('oba + PDS(O)', 'splitting', split('oba', preconditioner=pds), tags=(0,)))
+    specs.append(Spec('roba + PDS(O)', 'splitting', split('roba', preconditioner=pds), tags=(0,)))
+
+  # PC baselines (no corrector: affine; on CLD/PSLD on the stacked state, x returned)
+  def pc(predictor, corrector='none', probability_flow=False):
+    def build(sde, shape, n, src):
+      sde_n = sde.replace(N=n)
+      sshape = tuple(shape[:-1]) + (shape[-1] * sde.block_dim,)
+      inner = sampling.get_pc_sampler(sde_n, sshape, predictor, corrector, snr=0.16,
+                                      probability_flow=probability_flow, denoise=False,
+                                      eps=eps, noise_source=src, corrector_norm='sample')
+      if not aug:
+        return inner
+
+      def run(rng, score_fn, precond=None, offset=0):
+        z, nfe, info = inner.run(rng, score_fn, precond, offset)
+        return sde_lib.data_part(z, 2), nfe, info
+      return sampling.Sampler(run)
+    return build
+  specs += [Spec('pc euler-maruyama (SDE)', 'pc', pc('euler_maruyama'), tags=(0,),
+                 nfe_per_step=1),
+            Spec('pc euler (PF ODE)', 'pc', pc('euler_maruyama', probability_flow=True),
+                 nfe_per_step=1),
+            Spec('pc reverse-diffusion + langevin', 'pc', pc('reverse_diffusion', 'langevin'),
+                 exact=False, nfe_per_step=2)]
+  if not aug:
+    specs.append(Spec('pc reverse-diffusion', 'pc', pc('reverse_diffusion'), tags=(0,),
+                      nfe_per_step=1))
+    # fixed-step Heun on the PF ODE (diffrax; 2 evaluations per step; fixed-step Euler is
+    # 'pc euler (PF ODE)'); no noise_source hook, so a Monte Carlo row
+    specs.append(Spec('ode heun (fixed steps)', 'ode', lambda sde, shape, n, src:
+                      sampling.get_ode_sampler(sde, shape, method='heun', steps=n, eps=eps,
+                                               denoise=False),
+                      exact=False, nfe_per_step=2))
+  return specs
+
+
+def _steps_for_budget(spec, sde, shape, budget):
+  """(num_steps, nfe) with the largest nfe <= budget (NFE = per-step x N + extra)."""
+  if spec.nfe_per_step:
+    per, extra = spec.nfe_per_step, 0
+  else:
+    n1 = spec.build(sde, shape, 1, None).nfe
+    n2 = spec.build(sde, shape, 2, None).nfe
+    per, extra = n2 - n1, 2 * n1 - n2
+  n = max(1, (budget - extra) // per)
+  return int(n), int(per * n + extra)
+
+
+@dataclasses.dataclass
+class CurveResult:
+  rows: list
+  sde: str
+  field_shape: tuple
+  mc_floor: float
+
+
+def run_curves(config, nfes: Sequence[int] = (10, 20, 50, 100, 200),
+               names: Optional[Sequence[str]] = None, mc_samples: int = 2048,
+               ode_tols: Sequence[float] = (1e-2, 1e-3, 1e-4), log=print) -> CurveResult:
+  """Runs every sampler of `default_specs` (or those named) at each NFE budget, and the
+  adaptive RK45 probability-flow ODE at the tolerances `ode_tols` (VP/VE only)."""
+  field = analytic.GaussianField.from_config(config)
+  sde, eps = sde_lib.get_sde(config)
+  score_fn = lambda z, t: field.score(sde, z, t)
+  H, W, C = field.shape
+  specs = default_specs(sde, field, eps)
+  if names:
+    known = {s.name for s in specs}
+    bad = [n for n in names if n not in known]
+    if bad:
+      raise ValueError(f'unknown sampler(s) {bad}; valid: {sorted(known)}.')
+    specs = [s for s in specs if s.name in names]
+  k = sde.block_dim
+  floor_fd = None
+  rows = []
+  for spec in specs:
+    for budget in nfes:
+      t0 = time.time()
+      try:
+        n, nfe = _steps_for_budget(spec, sde, (1, H, W, C), budget)
+        if spec.exact:
+          mean, cov, _ = oracle.output_moments(
+              lambda src, B: spec.build(sde, (B, H, W, C), n, src), score_fn, (H, W, k * C), n,
+              spec.tags)
+          if mean is None:
+            fd = spec_err = float('nan')
+          else:
+            fd = oracle.exact_frechet_distance(mean, cov, field)
+            spec_err = oracle.output_spectrum_error(cov, field)
+          kind = 'exact'
+        else:
+          if floor_fd is None:
+            floor_fd = analytic.frechet_distance(
+                np.asarray(field.sample(jax.random.PRNGKey(1), mc_samples)), field)
+          smp = spec.build(sde, (mc_samples, H, W, C), n, None)
+          x, _, info = jax.jit(lambda r: smp.run(r, score_fn))(jax.random.PRNGKey(0))
+          x = np.asarray(x, np.float64)
+          if np.all(np.isfinite(x)):
+            fd = analytic.frechet_distance(x, field) - floor_fd
+            spec_err = float(np.mean(np.abs(np.log(
+                analytic.measured_spectrum(x, mean=np.asarray(field.mean)) /
+                np.asarray(field.spectrum)))))
+          else:
+            fd = spec_err = float('nan')
+          kind = 'mc'
+      except Exception as e:   # a sampler that cannot run at this budget: recorded, not fatal
+        log(f'  {spec.name} @ {budget}: {type(e).__name__}: {e}')
+        n, nfe, fd, spec_err, kind = 0, 0, float('nan'), float('nan'), 'error'
+      row = {'sde': config.training.sde, 'sampler': spec.name, 'family': spec.family,
+             'nfe_budget': int(budget), 'nfe': nfe, 'num_steps': n, 'fd': fd, 'fd_kind': kind,
+             'spec_err': spec_err, 'seconds': round(time.time() - t0, 2)}
+      rows.append(row)
+      log(f"{row['sde']:6s} {spec.name:34s} nfe {nfe:4d} (N={n:4d}) fd {fd:.4g} [{kind}] "
+          f"spec_err {spec_err:.3g}  {row['seconds']}s")
+  if ode_tols and not getattr(sde, 'is_augmented', False):
+    for tol in ode_tols:                    # adaptive RK45 on the probability-flow ODE
+      t0 = time.time()
+      if floor_fd is None:
+        floor_fd = analytic.frechet_distance(
+            np.asarray(field.sample(jax.random.PRNGKey(1), mc_samples)), field)
+      smp = sampling.get_ode_sampler(sde, (mc_samples, H, W, C), rtol=tol, atol=tol, eps=eps,
+                                     denoise=False)
+      x, nfe, _ = jax.jit(lambda r: smp.run(r, score_fn))(jax.random.PRNGKey(0))
+      x = np.asarray(x, np.float64)
+      fd = analytic.frechet_distance(x, field) - floor_fd
+      spec_err = float(np.mean(np.abs(np.log(
+          analytic.measured_spectrum(x, mean=np.asarray(field.mean)) / np.asarray(field.spectrum)))))
+      row = {'sde': config.training.sde, 'sampler': f'ode rk45 tol={tol:g}', 'family': 'ode',
+             'nfe_budget': int(nfe), 'nfe': int(nfe), 'num_steps': 0, 'fd': fd, 'fd_kind': 'mc',
+             'spec_err': spec_err, 'seconds': round(time.time() - t0, 2)}
+      rows.append(row)
+      log(f"{row['sde']:6s} {row['sampler']:34s} nfe {int(nfe):4d} fd {fd:.4g} [mc]")
+  return CurveResult(rows=rows, sde=str(config.training.sde), field_shape=(H, W, C),
+                     mc_floor=float('nan') if floor_fd is None else float(floor_fd))
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def csv_bytes(rows) -> bytes:
+  buf = io.StringIO()
+  w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS)
+  w.writeheader()
+  for r in rows:
+    w.writerow({k: (f'{r[k]:.6g}' if isinstance(r[k], float) else r[k]) for k in CSV_COLUMNS})
+  return buf.getvalue().encode()
+
+
+def markdown(result: CurveResult) -> str:
+  """Table: one row per sampler, one column per NFE budget, cells 'FD (nfe)'; best bold."""
+  budgets = sorted({r['nfe_budget'] for r in result.rows})
+  names = list(dict.fromkeys(r['sampler'] for r in result.rows))
+  cell = {(r['sampler'], r['nfe_budget']): r for r in result.rows}
+  best = {}
+  for b in budgets:
+    vals = [cell[(n, b)]['fd'] for n in names if (n, b) in cell and math.isfinite(cell[(n, b)]['fd'])]
+    best[b] = min(vals) if vals else None
+  lines = [f'Exact Frechet distance to the {result.field_shape} Gaussian field under '
+           f'{result.sde} (lower is better; `mc`: Monte Carlo minus the finite-sample floor '
+           f'{result.mc_floor:.4g}). Cells: FD (NFE actually used).', '',
+           '| sampler | ' + ' | '.join(f'NFE {b}' for b in budgets) + ' |',
+           '|---|' + '---|' * len(budgets)]
+  for n in names:
+    cells = []
+    for b in budgets:
+      r = cell.get((n, b))
+      if r is None or not math.isfinite(r['fd']):
+        cells.append('diverged' if r is not None and r['fd_kind'] != 'error' else '-')
+        continue
+      txt = f"{r['fd']:.3g} ({r['nfe']}{', mc' if r['fd_kind'] == 'mc' else ''})"
+      cells.append(f'**{txt}**' if best[b] is not None and r['fd'] == best[b] else txt)
+    lines.append(f'| {n} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def plot_png(result: CurveResult) -> bytes:
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(8, 5.5))
+  names = list(dict.fromkeys(r['sampler'] for r in result.rows))
+  styles = {'conjugate': '-', 'splitting': '--', 'pc': ':', 'ode': '-.'}
+  for n in names:
+    rs = [r for r in result.rows if r['sampler'] == n and math.isfinite(r['fd']) and r['fd'] > 0]
+    if not rs:
+      continue
+    ax.plot([r['nfe'] for r in rs], [r['fd'] for r in rs], styles.get(rs[0]['family'], '-'),
+            marker='o', ms=3, label=n)
+  ax.set_xscale('log')
+  ax.set_yscale('log')
+  ax.set_xlabel('NFE')
+  ax.set_ylabel('Frechet distance to the oracle')
+  ax.set_title(f'{result.sde}: error vs NFE (Gaussian field {result.field_shape})')
+  ax.legend(fontsize=6, ncol=2)
+  ax.grid(True, which='both', alpha=0.3)
+  buf = io.BytesIO()
+  fig.tight_layout()
+  fig.savefig(buf, format='png', dpi=120)
+  plt.close(fig)
+  return buf.getvalue()
+
+
+def write_outputs(result: CurveResult, out_dir, prefix='curves') -> dict:
+  import os
+  paths = {ext: os.path.join(out_dir, f'{prefix}.{ext}') for ext in ('csv', 'md', 'png')}
+  utils.atomic_write_bytes(paths['csv'], csv_bytes(result.rows))
+  utils.atomic_write_bytes(paths['md'], markdown(result).encode())
+  utils.atomic_write_bytes(paths['png'], plot_png(result))
+  return paths
