@@ -37,6 +37,11 @@ def get_config():
 
   config.data.centered = True
 
+  # the VE demo's sampling defaults do not apply: no bundled PSLD weights, no PDS
+  config.sampling.speed_up = 1.
+  config.sampling.pds.enabled = False
+  config.model.default_checkpoint = ''
+
   model = config.model
   model.num_scales = 1000
   model.psld_beta_min = 8.
