@@ -294,9 +294,12 @@ def _fmt(v):
 
 
 def csv_text(rows, columns):
-  lines = [','.join(columns)]
-  lines += [','.join(_fmt(r.get(c, '')) for c in columns) for r in rows]
-  return '\n'.join(lines) + '\n'
+  import csv
+  buf = io.StringIO()
+  w = csv.writer(buf, lineterminator='\n')
+  w.writerow(columns)
+  w.writerows([[_fmt(r.get(c, '')) for c in columns] for r in rows])
+  return buf.getvalue()
 
 
 def _g(v, d=3):
