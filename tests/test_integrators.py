@@ -186,6 +186,7 @@ def test_pds_in_the_o_step():
   p = preconditioning.Preconditioner.from_statistics(
       freq_stats=np.log1p(np.asarray(FIELD.second_moment_spectrum())), alpha=3.)
   errs = [_spec_err(sde, 'oba', N, precond=p)[0] for N in (16, 32)]
+  assert errs[0] != ident[0], (errs, ident)          # the preconditioner is applied
   assert errs[1] < 0.7 * errs[0], errs
 
 

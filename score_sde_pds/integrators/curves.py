@@ -186,7 +186,8 @@ def run_curves(config, nfes: Sequence[int] = (10, 20, 50, 100, 200),
             floor_fd = analytic.frechet_distance(
                 np.asarray(field.sample(jax.random.PRNGKey(1), mc_samples)), field)
           smp = spec.build(sde, (mc_samples, H, W, C), n, None)
-          x, _, info = jax.jit(lambda r: smp.run(r, score_fn))(jax.random.PRNGKey(0))
+          x, _, info = jax.jit(lambda r: smp.run(r, score_fn, smp.preconditioner))(
+              jax.random.PRNGKey(0))
           x = np.asarray(x, np.float64)
           if np.all(np.isfinite(x)):
             fd = analytic.frechet_distance(x, field) - floor_fd
@@ -241,9 +242,11 @@ def csv_bytes(rows) -> bytes:
 
 def markdown(result: CurveResult) -> str:
   """Table: one row per sampler, one column per NFE budget, cells 'FD (nfe)'; best bold."""
-  budgets = sorted({r['nfe_budget'] for r in result.rows})
-  names = list(dict.fromkeys(r['sampler'] for r in result.rows))
-  cell = {(r['sampler'], r['nfe_budget']): r for r in result.rows}
+  adaptive = [r for r in result.rows if r['family'] == 'ode' and int(r['num_steps']) == 0]
+  fixed = [r for r in result.rows if r not in adaptive]
+  budgets = sorted({r['nfe_budget'] for r in fixed})
+  names = list(dict.fromkeys(r['sampler'] for r in fixed))
+  cell = {(r['sampler'], r['nfe_budget']): r for r in fixed}
   best = {}
   for b in budgets:
     vals = [cell[(n, b)]['fd'] for n in names if (n, b) in cell and math.isfinite(cell[(n, b)]['fd'])]
@@ -263,6 +266,11 @@ def markdown(result: CurveResult) -> str:
       txt = f"{r['fd']:.3g} ({r['nfe']}{', mc' if r['fd_kind'] == 'mc' else ''})"
       cells.append(f'**{txt}**' if best[b] is not None and r['fd'] == best[b] else txt)
     lines.append(f'| {n} | ' + ' | '.join(cells) + ' |')
+  if adaptive:   # adaptive solvers choose their NFE: one row each
+    lines += ['', 'Adaptive probability-flow ODE solver (NFE set by the tolerance):', '',
+              '| solver | NFE | FD |', '|---|---|---|']
+    lines += [f"| {r['sampler']} | {r['nfe']} | {r['fd']:.3g} ({r['fd_kind']}) |"
+              for r in adaptive]
   return '\n'.join(lines) + '\n'
 
 

@@ -74,7 +74,8 @@ def output_moments(build: Callable, score_fn: Callable, state_shape, num_steps: 
   """
   source, E, table = impulse_source(state_shape, num_steps, tags, multiple=jax.device_count())
   sampler = build(source, E)
-  x, nfe, info = jax.jit(lambda r: sampler.run(r, score_fn))(jax.random.PRNGKey(0))
+  x, nfe, info = jax.jit(lambda r: sampler.run(r, score_fn, sampler.preconditioner))(
+      jax.random.PRNGKey(0))   # the sampler's own default preconditioner (PDS), if any
   if int(info['first_nonfinite_step']) >= 0:
     return None, None, int(nfe)
   x = np.asarray(x, np.float64)[:1 + len(table)]
