@@ -1,9 +1,10 @@
 """Progress reporting of the PC sampler: chunked loop == plain loop, reports, config errors.
 
 With progress on, the N steps run as ceil(N / k) chunks (a scan of fori_loops with a
-dynamic trip count) with a host callback after each chunk; the samples must be the
-same as the single scan's (bit for bit: the same step function), for N divisible by k
-and not, and the callback must see 0, k, 2k, ..., N once each.
+dynamic trip count), each reporting the steps done before it, and N is reported after
+the loop; the samples must be the same as the single scan's (bit for bit: the same step
+function), for N divisible by k and not, and the callback must see 0, k, 2k, ..., N
+once each.
 """
 import io
 
