@@ -708,7 +708,10 @@ def _network_metric(config, workdir, num_samples, bootstrap, log):
     return None, None, None
   test = datasets.get_dataset(config, 'test')
   n = min(num_samples, len(test))
-  res = evaluator.score_outputs(evaluator.extract(extractor, test.get_batch(range(n))),
+  # a seeded random subset: splits may be ordered (the offline MNIST test split is sorted
+  # by class, so its first n images would miss most classes)
+  idx = np.sort(np.random.default_rng(0).permutation(len(test))[:n])
+  res = evaluator.score_outputs(evaluator.extract(extractor, test.get_batch(idx)),
                                 extractor, ref, config, bootstrap=bootstrap)
   floor = {'metric': res['metric'], 'value': res['value'], 'value_std': res.get('value_std'),
            'num_samples': n, 'reference': ref_path}

@@ -121,21 +121,6 @@ def small():
   return config, model, state, params, x
 
 
-def test_small_jit_matches_eager(small):
-  config, model, state, params, x = small
-  labels = jnp.array([0, 4, 9], jnp.int32)
-  apply = lambda p, a, b: model.apply({'params': p, **state}, a, b, train=False)
-  eager = np.asarray(apply(params, x, labels))
-  jitted = np.asarray(jax.jit(apply)(params, x, labels))
-  assert eager.shape == x.shape and eager.dtype == np.float32
-  assert np.all(np.isfinite(eager))
-  # Equal up to float32 re-association (XLA fuses reductions differently under jit):
-  # per sample, every entry within 1e-4 of that sample's output scale.
-  scale = np.abs(eager).max(axis=(1, 2, 3), keepdims=True)
-  assert np.all(np.abs(jitted - eager) <= 1e-4 * scale)
-  assert np.linalg.norm(jitted - eager) <= 1e-5 * np.linalg.norm(eager)
-
-
 def test_small_output_is_divided_by_sigma(small):
   config, model, state, params, x = small
   sigmas = mutils.get_sigmas(config)
