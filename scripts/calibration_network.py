@@ -48,8 +48,10 @@ def _variant_configs(config, alphas):
   return out
 
 
-def run(config, workdir, steps, alphas, num_samples, batch_size=0, bootstrap=20, log=print):
-  """Rows (dicts of COLUMNS) of every (N, variant) cell."""
+def run(config, workdir, steps, alphas, num_samples, batch_size=0, bootstrap=20, log=print,
+        on_row=None):
+  """Rows (dicts of COLUMNS) of every (N, variant) cell; on_row(rows) after each cell (the
+  script writes its outputs there, so an interrupted run keeps every finished cell)."""
   import jax
   import numpy as np
   from score_sde_pds import datasets, preconditioning, run_lib, sampling, sde_lib
@@ -58,6 +60,10 @@ def run(config, workdir, steps, alphas, num_samples, batch_size=0, bootstrap=20,
   B = int(batch_size or config.sampling.batch_size)
   if num_samples < 1 or B < 1:
     raise ValueError(f'--num_samples and --batch_size must be >= 1, got {num_samples}, {B}')
+  bad = [int(s) for s in steps if not 1 <= int(s) <= ns]
+  if bad:
+    raise ValueError(f'--steps {bad}: every N must be in [1, config.model.num_scales={ns}] '
+                     '(raise it with --config.model.num_scales)')
   model, states, params = run_lib.load_model(config, workdir)
   ext = evaluator.get_extractor(config, workdir)
   ref, _ = evaluator.load_reference(config, workdir, ext)
@@ -101,6 +107,8 @@ def run(config, workdir, steps, alphas, num_samples, batch_size=0, bootstrap=20,
              'confident_share': res.get('confident_share'), 'proxy_fd': info.get('proxy_fd'),
              'nfe': int(nfe), 'seconds': round(seconds, 2), 'num_samples': len(x)}
       rows.append(row)
+      if on_row is not None:
+        on_row(rows)
       log(f'N={N} {label:>12} alpha={alpha}: {row["metric"]}={row["value"]} '
           f'+- {row["value_std"]} (confident {row["confident_share"]}; proxy FD '
           f'{row["proxy_fd"]}) {seconds:.0f} s')
@@ -194,12 +202,13 @@ def main(argv):
     alphas = [float(a) for a in FLAGS.alphas]
     if any(not a > 1 for a in alphas):
       raise ValueError(f'--alphas must be numbers > 1, got {FLAGS.alphas}')
+    command = 'python ' + ' '.join(sys.argv)
     rows = run(FLAGS.config, FLAGS.workdir, FLAGS.steps, alphas, FLAGS.num_samples,
-               FLAGS.batch_size, FLAGS.bootstrap, log=lambda s: print(s, flush=True))
+               FLAGS.batch_size, FLAGS.bootstrap, log=lambda s: print(s, flush=True),
+               on_row=lambda rows: write_outputs(rows, FLAGS.workdir, command))
   except (ValueError, FileNotFoundError, NotImplementedError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
-  command = 'python ' + ' '.join(sys.argv)
   paths = write_outputs(rows, FLAGS.workdir, command)
   print(markdown(rows, command))
   print(f'wrote {", ".join(paths.values())}')

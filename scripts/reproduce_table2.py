@@ -121,7 +121,7 @@ def build_column(config, workdir, *, steps, timed_steps, batch_size, pds_on, par
 
 
 def run(config, workdir, *, batch_size=8, timed_steps=2, repeats=1, pds_steps=0,
-        weights='random', name='config', log=print):
+        weights='random', name='config', warmup=True, log=print):
   """Both columns of Table 2 for `config`; returns the rows (dicts of COLUMNS)."""
   import jax
   from score_sde_pds import run_lib
@@ -146,13 +146,14 @@ def run(config, workdir, *, batch_size=8, timed_steps=2, repeats=1, pds_steps=0,
   built = [build_column(config, workdir, steps=T, timed_steps=timed_steps, batch_size=batch_size,
                         pds_on=on, params=params, states=states, model=model, stats=stats)
            for _, T, on in columns]
-  nfes = [call(0)[1] for call, _, _ in built]          # warm-up runs
+  nfes = [call(0)[1] if warmup else None for call, _, _ in built]      # warm-up runs
   times = [[], []]
   for r in range(max(1, repeats)):                      # interleaved: vanilla, PDS, vanilla, ...
     for j, (call, _, _) in enumerate(built):
       t0 = time.perf_counter()
-      call(r + 1)
+      nfe = call(r + 1)[1]
       times[j].append(time.perf_counter() - t0)
+      nfes[j] = nfe
   rows = []
   for j, (variant, T, _) in enumerate(columns):
     _, n_run, comp = built[j]
@@ -224,7 +225,8 @@ def main(argv):
   try:
     rows = run(FLAGS.config, FLAGS.workdir, batch_size=FLAGS.batch_size,
                timed_steps=FLAGS.timed_steps, repeats=FLAGS.repeats, pds_steps=FLAGS.pds_steps,
-               weights=FLAGS.weights, name=name, log=lambda s: print(s, flush=True))
+               weights=FLAGS.weights, name=name, warmup=FLAGS.warmup,
+               log=lambda s: print(s, flush=True))
   except (ValueError, FileNotFoundError, NotImplementedError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
@@ -242,7 +244,9 @@ def define_flags():
   flags.DEFINE_string('workdir', None, 'Output folder.')
   flags.DEFINE_integer('batch_size', 8, 'Samples per run (the paper: 8).')
   flags.DEFINE_integer('timed_steps', 2, 'Steps actually run per timing (0: the whole T).')
-  flags.DEFINE_integer('repeats', 1, 'Timed runs per column after one warm-up run.')
+  flags.DEFINE_integer('repeats', 1, 'Timed runs per column (after one warm-up run).')
+  flags.DEFINE_bool('warmup', True, 'One untimed run per column first (--nowarmup for huge '
+                    'models on a CPU: the first timed run then includes allocation).')
   flags.DEFINE_integer('pds_steps', 0, 'T of the PDS column; 0 -> int(num_scales / speed_up).')
   flags.DEFINE_enum('weights', 'random', ['random', 'checkpoint'], 'Network weights.')
   flags.DEFINE_string('compilation_cache', os.path.join('~', '.cache', 'score_sde_pds_jax'),
