@@ -26,7 +26,7 @@ statistics: the config's files when they exist, otherwise random positive statis
 the right shape ('synthetic', timing only; the PDS operator does the same FFTs whatever
 the values).
 
-Writes into --workdir: table2_<config name>.csv/.md, atomically; the markdown also shows
+Writes into --workdir: table2_<config name>.csv/.md/.png, atomically; the markdown also shows
 the paper's numbers (one RTX 3090, batch 8) where the config is one of the paper's.
 """
 import os
@@ -198,6 +198,36 @@ def markdown(rows, command=''):
   return '\n'.join(lines) + '\n'
 
 
+def plot_png(rows) -> bytes:
+  """Bars: seconds of one batch, vanilla at T_full vs PDS at T_pds (log scale), with the
+  paper's numbers next to them where the config is one of the paper's."""
+  import io
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  van = next(r for r in rows if r['variant'] == 'vanilla')
+  pds = next(r for r in rows if r['variant'] == 'PDS')
+  labels = [f'vanilla T={van["T"]}', f'PDS T={pds["T"]}']
+  vals = [van['seconds'], pds['seconds']]
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  ext = ' (extrapolated)' if van['extrapolated'] or pds['extrapolated'] else ''
+  ax.bar([0, 1], vals, color=['tab:blue', 'tab:orange'],
+         label=f'this project, {van["backend"]}, batch {van["batch_size"]}{ext}')
+  if van['config'] in PAPER:
+    tf, sf, tp, sp = PAPER[van['config']]
+    ax.plot([0, 1], [sf, sp], 'k_', markersize=30, mew=2, label='paper, one RTX 3090, batch 8')
+  ax.set_xticks([0, 1], labels)
+  ax.set_yscale('log')
+  ax.set_ylabel('seconds per batch')
+  ax.set_title(f'Table 2: {van["config"]} ({van["seconds"] / pds["seconds"]:.1f}x)', fontsize=10)
+  ax.legend(fontsize=7)
+  buf = io.BytesIO()
+  fig.tight_layout()
+  fig.savefig(buf, format='png', dpi=100)
+  plt.close(fig)
+  return buf.getvalue()
+
+
 def write_outputs(rows, workdir, command=''):
   import csv
   import io
@@ -209,9 +239,10 @@ def write_outputs(rows, workdir, command=''):
   w.writerow(COLUMNS)
   for r in rows:
     w.writerow([_fmt(r.get(c), 8) if isinstance(r.get(c), float) else r.get(c) for c in COLUMNS])
-  paths = {k: os.path.join(workdir, f'table2_{name}.{k}') for k in ('csv', 'md')}
+  paths = {k: os.path.join(workdir, f'table2_{name}.{k}') for k in ('csv', 'md', 'png')}
   utils.atomic_write_bytes(paths['csv'], buf.getvalue().encode())
   utils.atomic_write_bytes(paths['md'], markdown(rows, command).encode())
+  utils.atomic_write_bytes(paths['png'], plot_png(rows))
   return paths
 
 

@@ -67,5 +67,6 @@ def test_table2_times_both_columns_and_extrapolates(tmp_path):
   paths = t2.write_outputs(rows, str(tmp_path), 'cmd')
   md = open(paths['md']).read()
   assert '| 40 |' in md and 'extrapolated' in md
+  assert open(paths['png'], 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
   with open(paths['csv']) as f:
     assert [r['variant'] for r in csv.DictReader(f)] == ['vanilla', 'PDS']
