@@ -734,13 +734,14 @@ def _fmt(v, digits=6):
   return str(v)
 
 
-def csv_bytes(rows) -> bytes:
-  """sweep.csv: one line per cell, CSV_COLUMNS, full float precision (12 digits)."""
+def csv_bytes(rows, columns=CSV_COLUMNS, digits=12) -> bytes:
+  """A CSV file of dict rows: a header of `columns`, one line per row, floats with `digits`
+  significant digits, None as empty (sweep.csv by default; the table scripts reuse it)."""
   buf = io.StringIO()
   w = csv.writer(buf, lineterminator='\n')
-  w.writerow(CSV_COLUMNS)
+  w.writerow(columns)
   for r in rows:
-    w.writerow([_fmt(r.get(c), 12) for c in CSV_COLUMNS])
+    w.writerow([_fmt(r.get(c), digits) for c in columns])
   return buf.getvalue().encode()
 
 

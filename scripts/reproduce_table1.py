@@ -150,17 +150,10 @@ def plot_png(rows, result) -> bytes:
 
 
 def write_outputs(rows, result, workdir, command='') -> dict:
-  import csv
-  import io
   from score_sde_pds import utils
-  from score_sde_pds.sweep import _fmt
-  buf = io.StringIO()
-  w = csv.writer(buf, lineterminator='\n')
-  w.writerow(COLUMNS)
-  for r in rows:
-    w.writerow([_fmt(r.get(c), 10) for c in COLUMNS])
+  from score_sde_pds.sweep import csv_bytes
   paths = {k: os.path.join(workdir, f'table1.{k}') for k in ('csv', 'md', 'png')}
-  utils.atomic_write_bytes(paths['csv'], buf.getvalue().encode())
+  utils.atomic_write_bytes(paths['csv'], csv_bytes(rows, COLUMNS, 10))
   utils.atomic_write_bytes(paths['md'], markdown(rows, result, command).encode())
   utils.atomic_write_bytes(paths['png'], plot_png(rows, result))
   return paths

@@ -229,18 +229,11 @@ def plot_png(rows) -> bytes:
 
 
 def write_outputs(rows, workdir, command=''):
-  import csv
-  import io
   from score_sde_pds import utils
-  from score_sde_pds.sweep import _fmt
+  from score_sde_pds.sweep import csv_bytes
   name = rows[0]['config']
-  buf = io.StringIO()
-  w = csv.writer(buf, lineterminator='\n')
-  w.writerow(COLUMNS)
-  for r in rows:
-    w.writerow([_fmt(r.get(c), 8) if isinstance(r.get(c), float) else r.get(c) for c in COLUMNS])
   paths = {k: os.path.join(workdir, f'table2_{name}.{k}') for k in ('csv', 'md', 'png')}
-  utils.atomic_write_bytes(paths['csv'], buf.getvalue().encode())
+  utils.atomic_write_bytes(paths['csv'], csv_bytes(rows, COLUMNS, 10))
   utils.atomic_write_bytes(paths['md'], markdown(rows, command).encode())
   utils.atomic_write_bytes(paths['png'], plot_png(rows))
   return paths
