@@ -15,6 +15,7 @@ points; the samplers here pass i = N - 1 - k at loop step k instead.
 from __future__ import annotations
 
 import abc
+import math
 from typing import Callable
 
 import flax
@@ -617,6 +618,15 @@ class CLDSDE(_PhaseSpaceSDE):
 
 
 SDE_NAMES = ('vesde', 'vpsde', 'subvpsde', 'cld', 'psld')
+
+
+def speed_up_for(num_scales: int, steps: int) -> float:
+  """The config.sampling.speed_up for which get_sde's N = int(num_scales / speed_up) is
+  exactly `steps`: num_scales / steps, lowered by ulps where float division rounds N down."""
+  su = num_scales / steps
+  while int(num_scales / su) < steps:
+    su = math.nextafter(su, 0.)
+  return su
 
 
 def get_sde(config, N: int | None = None):

@@ -75,10 +75,7 @@ def run(config, workdir, steps, alphas, num_samples, batch_size=0, bootstrap=20,
       raise ValueError(f'--steps: N={N} is not in [1, num_scales={ns}]')
     base = copy.deepcopy(config)
     with base.unlocked():
-      su = ns / N
-      while int(ns / su) < N:
-        su = math.nextafter(su, 0.)
-      base.sampling.speed_up = su
+      base.sampling.speed_up = sde_lib.speed_up_for(ns, N)
       base.sampling.progress_every = 0
     sde, eps = sde_lib.get_sde(base)
     fn = sampling.get_sampling_fn(base, sde, model, (B, size, size, ch), eps,

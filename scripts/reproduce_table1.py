@@ -35,14 +35,6 @@ COLUMNS = ('T', 'variant', 'metric', 'value', 'value_std', 'confident_share', 'n
            'num_samples', 'alpha', 'radius', 'lam', 'omega', 'eps')
 
 
-def speed_up_for(num_scales: int, T: int) -> float:
-  """The speed_up giving int(num_scales / speed_up) == T (a hair below num_scales / T)."""
-  su = num_scales / T
-  while int(num_scales / su) < T:
-    su = math.nextafter(su, 0.)
-  return su
-
-
 def run(config, workdir, steps, num_samples, batch_size=0, bootstrap=20, log=print):
   """Runs the sweep behind Table 1; returns (rows, sweep result)."""
   from score_sde_pds import sde_lib, sweep
@@ -63,7 +55,7 @@ def run(config, workdir, steps, num_samples, batch_size=0, bootstrap=20, log=pri
       filters=[filt], alphas=[float(pds.alpha)] if filt == 'statistics' else [],
       radii=[float(pds.get('radius', 0.))], lams=[float(pds.get('lam', 1.))],
       omegas=[float(pds.get('omega', 0.))], num_scales=[ns],
-      speed_ups=[speed_up_for(ns, t) for t in steps],
+      speed_ups=[sde_lib.speed_up_for(ns, t) for t in steps],
       samplers=[(str(config.sampling.predictor), str(config.sampling.corrector))],
       snrs=[float(config.sampling.snr)], num_samples=int(num_samples),
       batch_size=int(batch_size), bootstrap=int(bootstrap))

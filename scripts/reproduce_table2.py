@@ -100,7 +100,7 @@ def build_column(config, workdir, *, steps, timed_steps, batch_size, pds_on, par
   sde, _ = sde_lib.get_sde(cfg)
   full = copy.deepcopy(config)
   with full.unlocked():
-    full.sampling.speed_up = base_ns / steps
+    full.sampling.speed_up = sde_lib.speed_up_for(base_ns, steps)
   _, eps = sde_lib.get_sde(full)       # the eps of the column's T (PDS: eps * speed_up)
   precond = (preconditioning.Preconditioner.from_config(cfg, workdir, stats=stats) if pds_on
              else preconditioning.Preconditioner.identity())

@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 from configs.analytic import gaussian_field
+from score_sde_pds import sde_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,7 +31,7 @@ def _config():
 
 def test_table1_writes_csv_md_png(tmp_path):
   t1 = _script('reproduce_table1')
-  assert t1.speed_up_for(1000, 66) > 0 and int(1000 / t1.speed_up_for(1000, 66)) == 66
+  assert all(int(n / sde_lib.speed_up_for(n, t)) == t for n, t in ((1000, 66), (2000, 166), (200, 30)))
   config = _config()
   rows, result = t1.run(config, str(tmp_path), ['5', '40'], num_samples=64, bootstrap=0,
                         log=lambda s: None)
