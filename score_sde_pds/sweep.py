@@ -608,7 +608,7 @@ def run_sweep(config, workdir=None, grid: Optional[Grid] = None, keep_samples=Fa
   extractor = ref = None
   metric_name = 'Frechet distance (samples)'
   if not oracle:
-    extractor, ref, floor = _network_metric(config, workdir, num_samples, int(grid.bootstrap), log)
+    extractor, ref, floor = network_metric(config, workdir, num_samples, int(grid.bootstrap), log)
     if extractor is not None:
       metric_name = floor['metric'] if floor else 'value'
   continuous = bool(config.training.continuous)
@@ -694,7 +694,7 @@ def run_sweep(config, workdir=None, grid: Optional[Grid] = None, keep_samples=Fa
                      metric_key='fd' if oracle else 'value', metric_name=metric_name)
 
 
-def _network_metric(config, workdir, num_samples, bootstrap, log):
+def network_metric(config, workdir, num_samples, bootstrap, log):
   """(extractor, reference, floor) of a network config's dataset metric, or Nones when its
   feature network is not available (FID without config.eval.inception_path). floor: the
   metric of up to num_samples real held-out images."""

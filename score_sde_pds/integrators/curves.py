@@ -29,12 +29,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde_pds import preconditioning, sampling, sde_lib, utils
+from score_sde_pds import preconditioning, sampling, sde_lib, sweep, utils
 from score_sde_pds.integrators import conjugate, oracle, splitting
 from score_sde_pds.models import analytic
 
+# fd: the Frechet distance to the oracle, or a network config's dataset metric (CurveResult.
+# metric); fd_kind: exact | mc | error on the oracle, ok | diverged | error on networks;
+# spec_err: the oracle's mean |log spectrum ratio|; fd_std, confident_share: network rows.
 CSV_COLUMNS = ('sde', 'sampler', 'family', 'nfe_budget', 'nfe', 'num_steps', 'fd', 'fd_kind',
-               'spec_err', 'seconds')
+               'spec_err', 'fd_std', 'confident_share', 'seconds')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,10 +144,16 @@ def _steps_for_budget(spec, sde, shape, budget):
 
 @dataclasses.dataclass
 class CurveResult:
+  """rows: CSV_COLUMNS dicts. Oracle curves: metric '' (exact Frechet distance to the field),
+  mc_floor the Monte Carlo rows' finite-sample floor. Network curves: metric the dataset's
+  (e.g. 'mnist_fd') in the 'fd' column, its bootstrap std in 'fd_std', the cell's status
+  in 'fd_kind'; mc_floor the metric of floor_samples real held-out images."""
   rows: list
   sde: str
   field_shape: tuple
   mc_floor: float
+  metric: str = ''
+  floor_samples: int = 0
 
 
 def run_curves(config, nfes: Sequence[int] = (10, 20, 50, 100, 200),
@@ -228,16 +237,190 @@ def run_curves(config, nfes: Sequence[int] = (10, 20, 50, 100, 200),
                      mc_floor=float('nan') if floor_fd is None else float(floor_fd))
 
 
+# ----------------------------------------------------------------------------- networks
+
+# Default sampler specs of run_network_curves, by kind of SDE (see parse_sampler_spec).
+NETWORK_SAMPLERS = {
+    'plain': ('pc:reverse_diffusion:langevin', 'pc:euler_maruyama:none', 'ode:heun',
+              'conjugate:euler', 'conjugate:euler:lam=1'),
+    'augmented': ('conjugate:euler', 'conjugate:euler:lam=1', 'splitting:cvv',
+                  'splitting:rvv', 'splitting:oba', 'splitting:roba'),
+}
+_SPEC_KEYS = ('lam', 'grid', 'noise_scale', 'b_matrix', 'eps_frame', 'snr', 'n_steps_each', 'pds')
+
+
+def parse_sampler_spec(spec: str) -> dict:
+  """'method:name[:key=value...]' -> config.sampling overrides.
+
+  method 'pc': name 'predictor' or 'predictor:corrector' (corrector default 'none');
+  'ode': name = config.sampling.ode_method (fixed steps); 'conjugate' / 'splitting':
+  name = config.sampling.integrator. key=value pairs set config.sampling.<key>
+  (lam, grid, noise_scale, b_matrix, eps_frame, snr, n_steps_each); pds=1 turns on the
+  config's PDS filter (config.sampling.pds.*), which is off otherwise.
+  E.g. 'pc:reverse_diffusion:langevin', 'ode:heun', 'conjugate:euler:lam=1',
+  'splitting:cvv', 'splitting:oba:noise_scale=0.5'.
+  """
+  parts = [p.strip() for p in str(spec).split(':') if p.strip()]
+  if not parts or parts[0] not in ('pc', 'ode', 'conjugate', 'splitting'):
+    raise ValueError(f'sampler spec {spec!r}: must start with pc:, ode:, conjugate: or '
+                     "splitting: (e.g. 'pc:reverse_diffusion:langevin', 'splitting:cvv').")
+  method, names, extra = parts[0], [], {}
+  for p in parts[1:]:
+    if '=' in p:
+      k, v = (q.strip() for q in p.split('=', 1))
+      if k not in _SPEC_KEYS:
+        raise ValueError(f'sampler spec {spec!r}: unknown key {k!r}; valid: {list(_SPEC_KEYS)}.')
+      try:
+        if k == 'pds' and v not in ('0', '1'):
+          raise ValueError
+        extra[k] = (int(v) if k in ('n_steps_each', 'pds') else
+                    v if k in ('grid', 'b_matrix', 'eps_frame') else float(v))
+      except ValueError:
+        raise ValueError(f'sampler spec {spec!r}: {k}={v!r} is not a valid value '
+                         '(pds: 0 or 1; lam, noise_scale, snr: numbers).') from None
+    else:
+      names.append(p)
+  out = {'method': method}
+  if method == 'pc':
+    if not 1 <= len(names) <= 2:
+      raise ValueError(f'sampler spec {spec!r}: pc needs predictor[:corrector].')
+    out.update(predictor=names[0], corrector=names[1] if len(names) == 2 else 'none')
+  elif len(names) != 1:
+    raise ValueError(f'sampler spec {spec!r}: {method} needs exactly one name '
+                     f"({'ode_method' if method == 'ode' else 'integrator'}).")
+  elif method == 'ode':
+    out['ode_method'] = names[0]
+  else:
+    out['integrator'] = names[0]
+  out.update(extra)
+  return out
+
+
+def spec_config(config, overrides: dict, num_steps: int):
+  """A copy of `config` whose sampler is `overrides` (parse_sampler_spec) at `num_steps`.
+
+  pc: N = num_steps through config.sampling.speed_up (PDS's convention, as Table 1: the
+  sampling eps scales with it); ode: config.sampling.ode_steps; conjugate/splitting:
+  config.sampling.num_steps.
+  """
+  cfg = config.copy_and_resolve_references()
+  with cfg.unlocked():
+    for k, v in overrides.items():
+      if k != 'pds':
+        cfg.sampling[k] = v
+    cfg.sampling.pds.enabled = bool(overrides.get('pds', 0))
+    m = overrides['method']
+    if m == 'pc':
+      cfg.sampling.speed_up = sde_lib.speed_up_for(int(cfg.model.num_scales), int(num_steps))
+    elif m == 'ode':
+      cfg.sampling.ode_steps = int(num_steps)
+    else:
+      cfg.sampling.num_steps = int(num_steps)
+  return cfg
+
+
+def _probe_nfe(config, overrides, n, shape, workdir):
+  """NFE of the sampler of `overrides` at n steps, from one run on a zero score function
+  (batch 1; the network is not called)."""
+  from score_sde_pds import run_lib
+  cfg = spec_config(config, overrides, n)
+  sde, eps, precond = run_lib.validate_config(cfg, workdir, mode='sample')
+  smp = sampling.get_sampler_from_config(cfg, sde, (1,) + tuple(shape[1:]), eps, precond)
+  _, nfe, _ = jax.jit(lambda r: smp.run(r, lambda x, t: jnp.zeros_like(x),
+                                        precond=smp.preconditioner))(jax.random.PRNGKey(0))
+  return int(nfe)
+
+
+def network_nfe_rule(config, overrides, shape, workdir=None):
+  """(per, extra): the sampler's NFE is per * num_steps + extra (probed at 1 and 2 steps)."""
+  n1 = _probe_nfe(config, overrides, 1, shape, workdir)
+  n2 = _probe_nfe(config, overrides, 2, shape, workdir)
+  per, extra = n2 - n1, 2 * n1 - n2
+  if per <= 0:
+    raise ValueError(f'sampler {overrides}: its NFE does not grow with the steps ({n1}, {n2}).')
+  return per, extra
+
+
+def run_network_curves(config, workdir=None, nfes: Sequence[int] = (10, 20, 50, 100),
+                       specs: Optional[Sequence[str]] = None, num_samples: int = 256,
+                       batch_size: int = 0, bootstrap: int = 20, log=print,
+                       on_row: Optional[Callable] = None) -> CurveResult:
+  """Metric vs NFE of each sampler spec on a network config with a checkpoint.
+
+  Every cell draws the same `num_samples` samples (seed config.seed, per-sample keys) with
+  the sampler of its spec at the largest step count within the NFE budget and scores them
+  with the dataset's metric (evaluator: MNIST-FD for MNIST/DIGITS, FID with
+  config.eval.inception_path), its bootstrap std (`bootstrap` resamples) as the estimator
+  noise and the metric of as many real held-out images as the floor. The network params
+  are arguments of each cell's jitted sampler (one compile per cell). `on_row(result)` is
+  called with the partial CurveResult after every cell (the script writes its files then).
+  """
+  from score_sde_pds import datasets, run_lib
+  from score_sde_pds.evaluation import evaluator
+  if config.model.name == 'analytic_gaussian':
+    raise ValueError('run_network_curves needs a network config; the oracle has run_curves.')
+  sde, _ = sde_lib.get_sde(config)
+  kind = 'augmented' if getattr(sde, 'is_augmented', False) else 'plain'
+  specs = list(specs or NETWORK_SAMPLERS[kind])
+  parsed = [parse_sampler_spec(s) for s in specs]
+  extractor, ref, floor = sweep.network_metric(config, workdir, num_samples, bootstrap, log)
+  if extractor is None:
+    raise FileNotFoundError('no metric for this config (see the message above): set '
+                            'config.eval.inception_path / config.eval.ref_stats.')
+  B = int(batch_size or config.sampling.batch_size)
+  shape = (B, config.data.image_size, config.data.image_size, config.data.num_channels)
+  run_lib.check_inputs(config, workdir)
+  model, states, params = run_lib.load_model(config, workdir)
+  scaler = datasets.get_data_inverse_scaler(config)
+  rng = jax.random.PRNGKey(int(config.seed))
+  rows, metric_name = [], None
+  result = lambda rs: CurveResult(rows=rs, sde=str(config.training.sde),
+                                  field_shape=tuple(shape[1:]), mc_floor=float(floor['value']),
+                                  metric=metric_name or floor.get('metric') or 'metric',
+                                  floor_samples=int(floor['num_samples']))
+  for spec, over in zip(specs, parsed):
+    rule = None
+    for budget in nfes:
+      t0 = time.time()
+      n = nfe = 0
+      value = std = conf = float('nan')
+      try:
+        rule = rule or network_nfe_rule(config, over, shape, workdir)
+        n = max(1, (int(budget) - rule[1]) // rule[0])
+        nfe = rule[0] * n + rule[1]
+        cfg = spec_config(config, over, n)
+        sde_n, eps, precond = run_lib.validate_config(cfg, workdir, mode='sample')
+        fn = sampling.get_sampling_fn(cfg, sde_n, model, shape, eps, inverse_scaler=scaler,
+                                      preconditioner=precond)
+        outs = []
+        for r in range(math.ceil(num_samples / B)):
+          x, _, info = fn.with_info(rng, params, states, offset=r * B)
+          if int(info['first_nonfinite_step']) >= 0:
+            raise FloatingPointError(f'non-finite at step {int(info["first_nonfinite_step"])}')
+          outs.append(np.asarray(x, np.float32))
+        x = np.concatenate(outs)[:num_samples]
+        res = evaluator.score_outputs(evaluator.extract(extractor, x), extractor, ref, config,
+                                      bootstrap=bootstrap)
+        metric_name = res['metric']
+        value, std = float(res['value']), float(res.get('value_std') or float('nan'))
+        conf = float(res.get('confident_share', float('nan')))
+        status = 'ok'
+      except Exception as e:   # recorded, not fatal: a diverging cell is a result
+        log(f'  {spec} @ {budget}: {type(e).__name__}: {e}')
+        status = 'diverged' if isinstance(e, FloatingPointError) else 'error'
+      row = {'sde': str(config.training.sde), 'sampler': spec, 'family': over['method'],
+             'nfe_budget': int(budget), 'nfe': nfe, 'num_steps': n, 'fd': value,
+             'fd_kind': status, 'fd_std': std, 'confident_share': conf,
+             'seconds': round(time.time() - t0, 2)}
+      rows.append(row)
+      log(f"{row['sde']:6s} {spec:34s} nfe {nfe:4d} (N={n:4d}) {metric_name or 'metric'} "
+          f"{value:.4g} ± {std:.2g} confident {conf:.3f}  {row['seconds']}s")
+      if on_row is not None:
+        on_row(result(list(rows)))
+  return result(rows)
+
+
 # ----------------------------------------------------------------------------- outputs
-
-
-def csv_bytes(rows) -> bytes:
-  buf = io.StringIO()
-  w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS)
-  w.writeheader()
-  for r in rows:
-    w.writerow({k: (f'{r[k]:.6g}' if isinstance(r[k], float) else r[k]) for k in CSV_COLUMNS})
-  return buf.getvalue().encode()
 
 
 def markdown(result: CurveResult) -> str:
@@ -251,9 +434,15 @@ def markdown(result: CurveResult) -> str:
   for b in budgets:
     vals = [cell[(n, b)]['fd'] for n in names if (n, b) in cell and math.isfinite(cell[(n, b)]['fd'])]
     best[b] = min(vals) if vals else None
-  lines = [f'Exact Frechet distance to the {result.field_shape} Gaussian field under '
-           f'{result.sde} (lower is better; `mc`: Monte Carlo minus the finite-sample floor '
-           f'{result.mc_floor:.4g}). Cells: FD (NFE actually used).', '',
+  if result.metric:
+    head = (f'{result.metric} of the {result.sde} network\'s samples (lower is better; '
+            f'{result.floor_samples} real held-out images score {result.mc_floor:.4g}). Cells: '
+            'metric ± bootstrap std (NFE actually used).')
+  else:
+    head = (f'Exact Frechet distance to the {result.field_shape} Gaussian field under '
+            f'{result.sde} (lower is better; `mc`: Monte Carlo minus the finite-sample floor '
+            f'{result.mc_floor:.4g}). Cells: FD (NFE actually used).')
+  lines = [head, '',
            '| sampler | ' + ' | '.join(f'NFE {b}' for b in budgets) + ' |',
            '|---|' + '---|' * len(budgets)]
   for n in names:
@@ -263,7 +452,9 @@ def markdown(result: CurveResult) -> str:
       if r is None or not math.isfinite(r['fd']):
         cells.append('diverged' if r is not None and r['fd_kind'] != 'error' else '-')
         continue
-      txt = f"{r['fd']:.3g} ({r['nfe']}{', mc' if r['fd_kind'] == 'mc' else ''})"
+      std = r.get('fd_std')
+      pm = f' ± {std:.2g}' if isinstance(std, float) and math.isfinite(std) else ''
+      txt = f"{r['fd']:.3g}{pm} ({r['nfe']}{', mc' if r['fd_kind'] == 'mc' else ''})"
       cells.append(f'**{txt}**' if best[b] is not None and r['fd'] == best[b] else txt)
     lines.append(f'| {n} | ' + ' | '.join(cells) + ' |')
   if adaptive:   # adaptive solvers choose their NFE: one row each
@@ -290,8 +481,15 @@ def plot_png(result: CurveResult) -> bytes:
   ax.set_xscale('log')
   ax.set_yscale('log')
   ax.set_xlabel('NFE')
-  ax.set_ylabel('Frechet distance to the oracle')
-  ax.set_title(f'{result.sde}: error vs NFE (Gaussian field {result.field_shape})')
+  if result.metric:
+    if math.isfinite(result.mc_floor):
+      ax.axhline(result.mc_floor, color='k', linestyle=':', linewidth=1,
+                 label=f'real held-out images ({result.floor_samples})')
+    ax.set_ylabel(result.metric)
+    ax.set_title(f'{result.sde} network: {result.metric} vs NFE')
+  else:
+    ax.set_ylabel('Frechet distance to the oracle')
+    ax.set_title(f'{result.sde}: error vs NFE (Gaussian field {result.field_shape})')
   ax.legend(fontsize=6, ncol=2)
   ax.grid(True, which='both', alpha=0.3)
   buf = io.BytesIO()
@@ -304,7 +502,7 @@ def plot_png(result: CurveResult) -> bytes:
 def write_outputs(result: CurveResult, out_dir, prefix='curves') -> dict:
   import os
   paths = {ext: os.path.join(out_dir, f'{prefix}.{ext}') for ext in ('csv', 'md', 'png')}
-  utils.atomic_write_bytes(paths['csv'], csv_bytes(result.rows))
+  utils.atomic_write_bytes(paths['csv'], sweep.csv_bytes(result.rows, CSV_COLUMNS, 6))
   utils.atomic_write_bytes(paths['md'], markdown(result).encode())
   utils.atomic_write_bytes(paths['png'], plot_png(result))
   return paths
