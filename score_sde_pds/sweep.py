@@ -414,10 +414,13 @@ def block_config(config, num_scales, speed_up, predictor, corrector, snr):
   with cfg.unlocked():
     cfg.model.num_scales = int(num_scales)
     cfg.sampling.speed_up = float(speed_up)
-    cfg.sampling.predictor = predictor
-    cfg.sampling.corrector = corrector
+    if str(cfg.sampling.method).lower() == 'pc':   # splitting: the scheme is sampling.integrator
+      cfg.sampling.predictor = predictor
+      cfg.sampling.corrector = corrector
     cfg.sampling.snr = float(snr)
     cfg.sampling.progress_every = 0
+    # the sweep passes every cell's operator per call; the sampler is built without one
+    cfg.sampling.pds.enabled = False
   return cfg
 
 
@@ -545,9 +548,14 @@ def run_sweep(config, workdir=None, grid: Optional[Grid] = None, keep_samples=Fa
   """
   from score_sde_pds import run_lib
   grid = grid or Grid()
-  if str(config.sampling.method).lower() != 'pc':
-    raise ValueError('the PDS sweep needs config.sampling.method=pc (the ODE sampler is not '
-                     'preconditioned)')
+  method = str(config.sampling.method).lower()
+  if method not in ('pc', 'splitting'):
+    raise ValueError(
+        f'config.sampling.method={config.sampling.method!r}: the PDS sweep runs the samplers '
+        "that take the preconditioner per call, 'pc' and the stochastic 'splitting' schemes "
+        "(PDS in their O steps). The conjugate integrators' spectral B is precomputed per "
+        "filter (compare it with scripts/integrator_curves.py, spec "
+        "'conjugate:<rule>:b_matrix=spectral:pds=1'); the ODE sampler is not preconditioned.")
   size, ch = int(config.data.image_size), int(config.data.num_channels)
   shape_img = (size, size, ch)
   oracle = is_oracle(config)
@@ -561,16 +569,32 @@ def run_sweep(config, workdir=None, grid: Optional[Grid] = None, keep_samples=Fa
 
   # --- axes, validated before any compute
   settings = filter_settings(grid, size)
-  samplers = list(grid.samplers) or [(str(config.sampling.predictor),
-                                      str(config.sampling.corrector))]
-  samplers = parse_samplers([f'{p}:{c}' for p, c in samplers])
-  snrs = [float(s) for s in _float_list(grid.snrs, float(config.sampling.snr))]
-  sampler_settings = []
-  for pred, corr in samplers:
-    for snr in (snrs if corr != 'none' else snrs[:1]):
-      s = SamplerSetting(pred, corr, snr)
-      if s not in sampler_settings:
-        sampler_settings.append(s)
+  if method == 'splitting':
+    from score_sde_pds.integrators import config as iconfig
+    from score_sde_pds.integrators.splitting import SPLITTING_SCHEMES
+    if list(grid.samplers) or list(grid.snrs):
+      raise ValueError('--samplers / --snrs choose PC predictors and correctors; with '
+                       'config.sampling.method=splitting the scheme is '
+                       'config.sampling.integrator.')
+    name = str(config.sampling.get('integrator', '') or
+               iconfig.DEFAULT_INTEGRATOR['splitting']).lower()
+    if name not in SPLITTING_SCHEMES or not SPLITTING_SCHEMES[name].stochastic:
+      stoch = sorted(k for k, v in SPLITTING_SCHEMES.items() if v.stochastic)
+      raise ValueError(f'config.sampling.integrator={name!r}: the PDS sweep preconditions the '
+                       f'Langevin (O) steps of the stochastic splitting schemes {stoch}.')
+    # the scheme is recorded in the rows' predictor column ('splitting:<scheme>')
+    sampler_settings = [SamplerSetting(f'splitting:{name}', 'none', float(config.sampling.snr))]
+  else:
+    samplers = list(grid.samplers) or [(str(config.sampling.predictor),
+                                        str(config.sampling.corrector))]
+    samplers = parse_samplers([f'{p}:{c}' for p, c in samplers])
+    snrs = [float(s) for s in _float_list(grid.snrs, float(config.sampling.snr))]
+    sampler_settings = []
+    for pred, corr in samplers:
+      for snr in (snrs if corr != 'none' else snrs[:1]):
+        s = SamplerSetting(pred, corr, snr)
+        if s not in sampler_settings:
+          sampler_settings.append(s)
   n_axis = []
   for ns in _float_list(grid.num_scales, int(config.model.num_scales)):
     for su in _float_list(grid.speed_ups, float(config.sampling.get('speed_up', 1.))):

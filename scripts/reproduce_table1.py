@@ -9,6 +9,8 @@ vanilla vs PDS, the same seeds and samples in every cell.
       --config.eval.inception_path=pt_inception-2015-12-05-6726825d.pth \
       --config.eval.ref_stats=cifar10_train.npz
 
+Samplers: the config's (config.sampling.method 'pc', or a stochastic 'splitting' scheme,
+config.sampling.integrator, whose Langevin (O) steps PDS preconditions).
 Every T is reached with PDS's own convention, config.sampling.speed_up = num_scales / T
 (so N = T and eps = base eps * speed_up, as fudan-zvg/PDS runs fewer steps), for both
 columns. PDS uses the config's `sampling.pds` filter settings (whatever `pds.enabled`
@@ -56,8 +58,11 @@ def run(config, workdir, steps, num_samples, batch_size=0, bootstrap=20, log=pri
       radii=[float(pds.get('radius', 0.))], lams=[float(pds.get('lam', 1.))],
       omegas=[float(pds.get('omega', 0.))], num_scales=[ns],
       speed_ups=[sde_lib.speed_up_for(ns, t) for t in steps],
-      samplers=[(str(config.sampling.predictor), str(config.sampling.corrector))],
-      snrs=[float(config.sampling.snr)], num_samples=int(num_samples),
+      # pc: the config's predictor/corrector; splitting: config.sampling.integrator
+      samplers=([(str(config.sampling.predictor), str(config.sampling.corrector))]
+                if str(config.sampling.method).lower() == 'pc' else []),
+      snrs=[float(config.sampling.snr)] if str(config.sampling.method).lower() == 'pc' else [],
+      num_samples=int(num_samples),
       batch_size=int(batch_size), bootstrap=int(bootstrap))
   result = sweep.run_sweep(config, workdir, grid, log=log)
   rows = []

@@ -335,7 +335,7 @@ def test_calibrate_script_writes_gain_json_and_plot(tmp_path):
   cmd = [sys.executable, os.path.join(ROOT, 'scripts', 'calibrate_pds.py'),
          f'--config={os.path.join(ROOT, "configs", "analytic", "gaussian_field.py")}',
          f'--workdir={tmp_path}', f'--output_dir={out}', '--etas=1',
-         f'--compilation_cache={os.path.join(ROOT, ".jax_cache")}',
+         f'--compilation_cache={os.environ.get("JAX_COMPILATION_CACHE_DIR", "")}',
          '--config.data.image_size=8', '--config.model.num_scales=20',
          '--config.sampling.corrector=none']
   res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)

@@ -51,8 +51,6 @@ _SCRIPT = r'''
 import json, os, re, sys
 import jax
 import numpy as np
-jax.config.update('jax_compilation_cache_dir', os.path.join(os.getcwd(), '.jax_cache'))
-jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 from configs.analytic import gaussian_field
 from score_sde_pds import preconditioning, sampling, sde_lib
 from score_sde_pds.models import utils as mutils

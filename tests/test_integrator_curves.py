@@ -56,7 +56,7 @@ def test_script_writes_curves_with_exact_ddim_fd(tmp_path):
          f'--config.data.image_size={H}', f'--config.data.num_channels={C}',
          '--out', str(out), '--nfes', '4,16', '--samplers', 'conj euler B=0,conj ab2',
          '--ode_tols', '1e-2', '--mc_samples', '64', '--compilation_cache',
-         os.path.join(ROOT, '.jax_cache')]
+         os.environ.get('JAX_COMPILATION_CACHE_DIR', '')]
   proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
                         env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -15,7 +15,7 @@ SMALL = ['--config.data.image_size=8', '--config.model.num_scales=20',
 
 def _main(workdir, *extra, check=True):
   cmd = [sys.executable, os.path.join(ROOT, 'main.py'), f'--config={CFG}', f'--workdir={workdir}',
-         '--mode=sample', f'--compilation_cache={os.path.join(ROOT, ".jax_cache")}',
+         '--mode=sample', f'--compilation_cache={os.environ.get("JAX_COMPILATION_CACHE_DIR", "")}',
          *SMALL, *extra]
   res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
   if check:
@@ -78,7 +78,7 @@ def test_killed_run_restarted_finishes_with_the_same_files(tmp_path):
   _main(ref, *args)
   w = tmp_path / 'w'
   cmd = [sys.executable, os.path.join(ROOT, 'main.py'), f'--config={CFG}', f'--workdir={w}',
-         '--mode=sample', f'--compilation_cache={os.path.join(ROOT, ".jax_cache")}',
+         '--mode=sample', f'--compilation_cache={os.environ.get("JAX_COMPILATION_CACHE_DIR", "")}',
          *SMALL, *args]
   proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 240

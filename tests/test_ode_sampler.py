@@ -95,8 +95,6 @@ _DEVICES_SCRIPT = r'''
 import os, sys
 import jax
 import numpy as np
-jax.config.update('jax_compilation_cache_dir', os.path.join(os.getcwd(), '.jax_cache'))
-jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 sys.path.insert(0, os.path.join(os.getcwd(), 'tests'))
 import test_ode_sampler as t
 assert jax.device_count() == int(sys.argv[2]), jax.devices()
