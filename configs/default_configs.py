@@ -131,6 +131,7 @@ def get_default_configs():
   model.dtype = 'float32'                 # network compute dtype: 'float32' | 'bfloat16'
   model.checkpoint = ''                   # official checkpoint file/dir; '' -> <workdir>/checkpoints
   model.ckpt_id = 0                       # checkpoint_<k>; 0 -> newest
+  model.weights = 'ema'                   # which weights sampling loads: 'ema' | 'model' (raw)
   model.default_checkpoint = ''           # used when neither model.checkpoint nor <workdir>/checkpoints
                                           # has one (bundled configs: a file under assets/)
 

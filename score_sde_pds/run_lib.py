@@ -168,8 +168,12 @@ def load_model(config, workdir):
     raise NotImplementedError(f'model {config.model.name!r} has non-parameter state '
                               f'{list(shapes)}; restoring it is not implemented.')
   ckpt_id = int(config.model.get('ckpt_id', 0) or 0) or None
+  which = str(config.model.get('weights', 'ema'))
+  if which not in ('ema', 'model'):
+    raise ValueError(f"config.model.weights must be 'ema' (the EMA weights) or 'model' (the "
+                     f'raw weights), got {which!r}.')
   params = checkpoints.restore_official(_checkpoint_path(config, workdir), config,
-                                        ckpt_id=ckpt_id)
+                                        ckpt_id=ckpt_id, which=which)
   params = jax.tree.map(jnp.asarray, params)
   return model, {}, params
 

@@ -97,6 +97,7 @@ def build_column(config, workdir, *, steps, timed_steps, batch_size, pds_on, par
     cfg.sampling.speed_up = 1.0
     cfg.sampling.progress_every = 0
     cfg.sampling.pds.enabled = bool(pds_on)
+    cfg.sampling.num_steps = 0     # conjugate/splitting: N = num_scales, as PC
   sde, _ = sde_lib.get_sde(cfg)
   full = copy.deepcopy(config)
   with full.unlocked():

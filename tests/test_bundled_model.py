@@ -1,22 +1,25 @@
-"""The bundled MNIST model: its shipped weights load into the config's model exactly, and
-the README's first command (PDS at T = 20 on them, nothing else given) draws digits that
-the shipped classifier recognises."""
+"""The bundled MNIST models: their shipped weights (VE and PSLD) load into the configs'
+models exactly, and the README's first command (PDS at T = 20 on the VE model, nothing
+else given) draws digits that the shipped classifier recognises."""
 import os
 
 import jax
 import numpy as np
+import pytest
 
+from configs.psld import mnist_ncsnpp_small as psld_mnist
 from configs.ve import mnist_ncsnpp_small
 from score_sde_pds import checkpoints, run_lib, utils
 from score_sde_pds.evaluation import evaluator
 
 
-def test_shipped_weights_match_the_config_model_exactly():
-  config = mnist_ncsnpp_small.get_config()
+@pytest.mark.parametrize('module', [mnist_ncsnpp_small, psld_mnist], ids=['ve', 'psld'])
+def test_shipped_weights_match_the_config_model_exactly(module):
+  config = module.get_config()
   path = os.path.join(utils.REPO_ROOT, config.model.default_checkpoint)
   assert os.path.isfile(path), path
   expected = checkpoints._as_flat_shapes(checkpoints.model_param_shapes(config))
-  params = checkpoints.restore_official(path, config)
+  params = checkpoints.restore_official(path, config, which=config.model.weights)
   got = {k: tuple(np.shape(v)) for k, v in checkpoints._flatten(params)}
   assert set(got) == set(expected), (sorted(set(got) ^ set(expected)))[:10]
   assert all(got[k] == tuple(expected[k]) for k in expected)
@@ -42,3 +45,17 @@ def test_first_command_draws_recognisable_digits(tmp_path):
   # a clear majority confidently classified, and not one class repeated
   assert res['confident_share'] > 0.6, res
   assert sum(h > 0 for h in res['class_histogram']) >= 7, res
+
+
+def test_weights_key_selects_the_stored_weights(tmp_path):
+  """config.model.weights: the PSLD file holds raw weights; asking for EMA ones, or for an
+  unknown kind, fails naming what was asked for."""
+  config = psld_mnist.get_config()
+  assert config.model.weights == 'model'
+  with config.unlocked():
+    config.model.weights = 'ema'
+  with pytest.raises(checkpoints.CheckpointError, match="holds the 'model' weights"):
+    run_lib.load_model(config, str(tmp_path))
+  config.model.weights = 'emma'
+  with pytest.raises(ValueError, match='config.model.weights'):
+    run_lib.load_model(config, str(tmp_path))

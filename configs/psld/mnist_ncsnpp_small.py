@@ -15,9 +15,15 @@ NCSN++ rather than DDPM++: DDPM++ would only change the embedding to a sinusoida
 t in [0, 1] (PSLD passes t itself), which resolves t poorly; the official PSLD CIFAR-10
 model also uses the Fourier embedding.
 
-  python main.py --config configs/psld/mnist_ncsnpp_small.py --workdir W --mode train
+Sampling defaults: the conjugate velocity-Verlet splitting hybrid ('cvv', the paper's
+deterministic sampler) with 50 steps (51 network evaluations); any other integrator with
+--config.sampling.method / integrator / num_steps. Weights:
+assets/mnist_psld_small/params.msgpack (2,000 updates, raw weights: README "The bundled PSLD
+model") unless <workdir>/checkpoints or --config.model.checkpoint has a checkpoint.
+
   python main.py --config configs/psld/mnist_ncsnpp_small.py --workdir W --mode sample \
-      --config.sampling.method=splitting --config.sampling.integrator=<name>
+      [--config.sampling.method=splitting --config.sampling.integrator=<name>]
+  python main.py --config configs/psld/mnist_ncsnpp_small.py --workdir W --mode train
 """
 from configs.ve import mnist_ncsnpp_small
 
@@ -30,17 +36,24 @@ def get_config():
   training.continuous = True
   training.reduce_mean = True
   training.likelihood_weighting = False
-  training.n_iters = 6000
+  training.n_iters = 2000
   training.snapshot_freq = 1000
   training.snapshot_freq_for_preemption = 250
   training.snapshot_sampling = False
 
   config.data.centered = True
 
-  # the VE demo's sampling defaults do not apply: no bundled PSLD weights, no PDS
-  config.sampling.speed_up = 1.
-  config.sampling.pds.enabled = False
-  config.model.default_checkpoint = ''
+  # the VE demo's sampling defaults do not apply: an integrator of the phase space, no PDS
+  sampling = config.sampling
+  sampling.method = 'splitting'
+  sampling.integrator = 'cvv'
+  sampling.num_steps = 50
+  sampling.speed_up = 1.
+  sampling.pds.enabled = False
+  config.model.default_checkpoint = 'assets/mnist_psld_small/params.msgpack'
+  # raw weights: after 2,000 updates the EMA (rate 0.999) still holds 0.999^2000 = 13.5 % of
+  # the initial weights (its held-out loss 0.048 vs a training loss of 0.014)
+  config.model.weights = 'model'
 
   model = config.model
   model.num_scales = 1000

@@ -309,6 +309,7 @@ def spec_config(config, overrides: dict, num_steps: int):
       if k != 'pds':
         cfg.sampling[k] = v
     cfg.sampling.pds.enabled = bool(overrides.get('pds', 0))
+    cfg.sampling.progress_every = 0          # one line per cell instead
     m = overrides['method']
     if m == 'pc':
       cfg.sampling.speed_up = sde_lib.speed_up_for(int(cfg.model.num_scales), int(num_steps))
