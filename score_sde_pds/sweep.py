@@ -945,17 +945,10 @@ def plot_png(result: SweepResult) -> bytes:
   if legend:
     fig.legend(list(legend.values()), list(legend), loc='center left',
                bbox_to_anchor=(1.0, 0.5), fontsize=7)
-  buf = io.BytesIO()
-  fig.savefig(buf, format='png', dpi=90, bbox_inches='tight')
-  plt.close(fig)
-  return buf.getvalue()
+  return utils.figure_png_bytes(fig, dpi=90, bbox_inches='tight')
 
 
 def write_outputs(result: SweepResult, workdir) -> dict:
   """Writes sweep.csv, sweep.md, sweep.png into workdir atomically; returns the paths."""
-  os.makedirs(workdir, exist_ok=True)
-  paths = {k: os.path.join(workdir, f'sweep.{k}') for k in ('csv', 'md', 'png')}
-  utils.atomic_write_bytes(paths['csv'], csv_bytes(result.rows))
-  utils.atomic_write_bytes(paths['md'], markdown(result).encode())
-  utils.atomic_write_bytes(paths['png'], plot_png(result))
-  return paths
+  return utils.write_result_files(workdir, 'sweep', {
+      'csv': csv_bytes(result.rows), 'md': markdown(result).encode(), 'png': plot_png(result)})

@@ -88,6 +88,24 @@ def image_grid(images_uint8: np.ndarray, padding: int = 2) -> np.ndarray:
   return grid
 
 
+def figure_png_bytes(fig, dpi: int, **savefig_kwargs) -> bytes:
+  """PNG bytes of a matplotlib figure, which is closed afterwards (the tables' plots)."""
+  import matplotlib.pyplot as plt
+  buf = io.BytesIO()
+  fig.savefig(buf, format='png', dpi=dpi, **savefig_kwargs)
+  plt.close(fig)
+  return buf.getvalue()
+
+
+def write_result_files(folder: str, stem: str, contents: dict) -> dict:
+  """Writes <folder>/<stem>.<ext> for each ext -> bytes of `contents`, each atomically;
+  returns {ext: path} (the CSV/markdown/plot triplets of the sweep and table scripts)."""
+  paths = {ext: os.path.join(folder, f'{stem}.{ext}') for ext in contents}
+  for ext, data in contents.items():
+    atomic_write_bytes(paths[ext], data)
+  return paths
+
+
 def png_bytes(image_uint8: np.ndarray) -> bytes:
   from PIL import Image
   img = image_uint8[..., 0] if image_uint8.shape[-1] == 1 else image_uint8

@@ -86,7 +86,7 @@ def calibrate(config, workdir, etas=()):
 
 def plot_png(gain, summary, grid, stats):
   """calibration.png: gains vs R / max R, the calibrated gain image, FD vs alpha."""
-  import io
+  from score_sde_pds import utils
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
@@ -131,10 +131,7 @@ def plot_png(gain, summary, grid, stats):
   ax.set_ylabel('proxy Frechet distance')
   ax.legend(fontsize=8)
   fig.tight_layout()
-  buf = io.BytesIO()
-  fig.savefig(buf, format='png', dpi=90)
-  plt.close(fig)
-  return buf.getvalue()
+  return utils.figure_png_bytes(fig, dpi=90)
 
 
 def main(argv):

@@ -147,7 +147,7 @@ def markdown(rows, command=''):
 
 
 def plot_png(rows) -> bytes:
-  import io
+  from score_sde_pds import utils
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
@@ -166,21 +166,16 @@ def plot_png(rows) -> bytes:
   ax.set_ylabel(next((r['metric'] for r in rows if r['metric'] != 'diverged'), 'metric'))
   ax.grid(True, which='both', alpha=0.3)
   ax.legend(fontsize=7, ncol=2)
-  buf = io.BytesIO()
   fig.tight_layout()
-  fig.savefig(buf, format='png', dpi=100)
-  plt.close(fig)
-  return buf.getvalue()
+  return utils.figure_png_bytes(fig, dpi=100)
 
 
 def write_outputs(rows, workdir, command=''):
   from score_sde_pds import utils
   from score_sde_pds.sweep import csv_bytes
-  paths = {k: os.path.join(workdir, f'calibration_network.{k}') for k in ('csv', 'md', 'png')}
-  utils.atomic_write_bytes(paths['csv'], csv_bytes(rows, COLUMNS, 10))
-  utils.atomic_write_bytes(paths['md'], markdown(rows, command).encode())
-  utils.atomic_write_bytes(paths['png'], plot_png(rows))
-  return paths
+  return utils.write_result_files(workdir, 'calibration_network', {
+      'csv': csv_bytes(rows, COLUMNS, 10), 'md': markdown(rows, command).encode(),
+      'png': plot_png(rows)})
 
 
 def main(argv):

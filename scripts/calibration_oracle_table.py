@@ -392,6 +392,7 @@ def markdown(rows, confirms, command, config):
 
 
 def plot_png(rows, confirms):
+  from score_sde_pds import utils
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
@@ -432,10 +433,7 @@ def plot_png(rows, confirms):
     ax.set_ylabel('alpha - 1')
     ax.legend(fontsize=7)
   fig.subplots_adjust(left=0.06, right=0.98, bottom=0.07, top=0.95, wspace=0.25, hspace=0.25)
-  buf = io.BytesIO()
-  fig.savefig(buf, format='png', dpi=80)
-  plt.close(fig)
-  return buf.getvalue()
+  return utils.figure_png_bytes(fig, dpi=80)
 
 
 def write_outputs(out, rows, confirms, command, config):

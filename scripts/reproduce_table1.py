@@ -50,6 +50,7 @@ def run(config, workdir, steps, num_samples, batch_size=0, bootstrap=20, log=pri
                        'PDS at one fixed alpha (a number > 1); scripts/sweep.py compares '
                        'several') from None
   ns = int(config.model.num_scales)
+  pc = str(config.sampling.method).lower() == 'pc'
   steps = sorted({int(t) for t in steps})
   if not steps or steps[0] < 1:
     raise ValueError(f'--steps must be positive integers, got {steps}')
@@ -59,9 +60,8 @@ def run(config, workdir, steps, num_samples, batch_size=0, bootstrap=20, log=pri
       omegas=[float(pds.get('omega', 0.))], num_scales=[ns],
       speed_ups=[sde_lib.speed_up_for(ns, t) for t in steps],
       # pc: the config's predictor/corrector; splitting: config.sampling.integrator
-      samplers=([(str(config.sampling.predictor), str(config.sampling.corrector))]
-                if str(config.sampling.method).lower() == 'pc' else []),
-      snrs=[float(config.sampling.snr)] if str(config.sampling.method).lower() == 'pc' else [],
+      samplers=[(str(config.sampling.predictor), str(config.sampling.corrector))] if pc else [],
+      snrs=[float(config.sampling.snr)] if pc else [],
       num_samples=int(num_samples),
       batch_size=int(batch_size), bootstrap=int(bootstrap))
   result = sweep.run_sweep(config, workdir, grid, log=log)
@@ -116,7 +116,7 @@ def markdown(rows, result, command=''):
 
 
 def plot_png(rows, result) -> bytes:
-  import io
+  from score_sde_pds import utils
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
@@ -139,21 +139,16 @@ def plot_png(rows, result) -> bytes:
   ax.grid(True, which='both', alpha=0.3)
   ax.legend(fontsize=8)
   ax.set_title('Table 1: vanilla vs PDS', fontsize=10)
-  buf = io.BytesIO()
   fig.tight_layout()
-  fig.savefig(buf, format='png', dpi=100)
-  plt.close(fig)
-  return buf.getvalue()
+  return utils.figure_png_bytes(fig, dpi=100)
 
 
 def write_outputs(rows, result, workdir, command='') -> dict:
   from score_sde_pds import utils
   from score_sde_pds.sweep import csv_bytes
-  paths = {k: os.path.join(workdir, f'table1.{k}') for k in ('csv', 'md', 'png')}
-  utils.atomic_write_bytes(paths['csv'], csv_bytes(rows, COLUMNS, 10))
-  utils.atomic_write_bytes(paths['md'], markdown(rows, result, command).encode())
-  utils.atomic_write_bytes(paths['png'], plot_png(rows, result))
-  return paths
+  return utils.write_result_files(workdir, 'table1', {
+      'csv': csv_bytes(rows, COLUMNS, 10), 'md': markdown(rows, result, command).encode(),
+      'png': plot_png(rows, result)})
 
 
 def main(argv):

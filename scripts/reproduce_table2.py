@@ -202,7 +202,7 @@ def markdown(rows, command=''):
 def plot_png(rows) -> bytes:
   """Bars: seconds of one batch, vanilla at T_full vs PDS at T_pds (log scale), with the
   paper's numbers next to them where the config is one of the paper's."""
-  import io
+  from score_sde_pds import utils
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
@@ -222,22 +222,16 @@ def plot_png(rows) -> bytes:
   ax.set_ylabel('seconds per batch')
   ax.set_title(f'Table 2: {van["config"]} ({van["seconds"] / pds["seconds"]:.1f}x)', fontsize=10)
   ax.legend(fontsize=7)
-  buf = io.BytesIO()
   fig.tight_layout()
-  fig.savefig(buf, format='png', dpi=100)
-  plt.close(fig)
-  return buf.getvalue()
+  return utils.figure_png_bytes(fig, dpi=100)
 
 
 def write_outputs(rows, workdir, command=''):
   from score_sde_pds import utils
   from score_sde_pds.sweep import csv_bytes
-  name = rows[0]['config']
-  paths = {k: os.path.join(workdir, f'table2_{name}.{k}') for k in ('csv', 'md', 'png')}
-  utils.atomic_write_bytes(paths['csv'], csv_bytes(rows, COLUMNS, 10))
-  utils.atomic_write_bytes(paths['md'], markdown(rows, command).encode())
-  utils.atomic_write_bytes(paths['png'], plot_png(rows))
-  return paths
+  return utils.write_result_files(workdir, f"table2_{rows[0]['config']}", {
+      'csv': csv_bytes(rows, COLUMNS, 10), 'md': markdown(rows, command).encode(),
+      'png': plot_png(rows)})
 
 
 def main(argv):

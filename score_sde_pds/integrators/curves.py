@@ -18,9 +18,7 @@ This module is pure (file I/O only in write_outputs).
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import math
 import time
 from typing import Callable, Optional, Sequence
@@ -493,17 +491,11 @@ def plot_png(result: CurveResult) -> bytes:
     ax.set_title(f'{result.sde}: error vs NFE (Gaussian field {result.field_shape})')
   ax.legend(fontsize=6, ncol=2)
   ax.grid(True, which='both', alpha=0.3)
-  buf = io.BytesIO()
   fig.tight_layout()
-  fig.savefig(buf, format='png', dpi=120)
-  plt.close(fig)
-  return buf.getvalue()
+  return utils.figure_png_bytes(fig, dpi=120)
 
 
 def write_outputs(result: CurveResult, out_dir, prefix='curves') -> dict:
-  import os
-  paths = {ext: os.path.join(out_dir, f'{prefix}.{ext}') for ext in ('csv', 'md', 'png')}
-  utils.atomic_write_bytes(paths['csv'], sweep.csv_bytes(result.rows, CSV_COLUMNS, 6))
-  utils.atomic_write_bytes(paths['md'], markdown(result).encode())
-  utils.atomic_write_bytes(paths['png'], plot_png(result))
-  return paths
+  return utils.write_result_files(out_dir, prefix, {
+      'csv': sweep.csv_bytes(result.rows, CSV_COLUMNS, 6), 'md': markdown(result).encode(),
+      'png': plot_png(result)})
