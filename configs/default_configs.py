@@ -25,6 +25,10 @@ def get_default_configs():
   training.reduce_mean = False
   training.n_jitted_steps = 5
   training.sde = 'vesde'
+  training.init_checkpoint = ''           # warm start (fine-tuning): a weights file/checkpoint whose
+                                          # weights start params and EMA; '' -> random init. Used only
+                                          # when <workdir> has no checkpoint to resume from
+  training.init_weights = 'ema'           # which weights of init_checkpoint: 'ema' | 'model'
 
   # sampling
   config.sampling = sampling = ml_collections.ConfigDict()
@@ -143,6 +147,9 @@ def get_default_configs():
   optim.beta1 = 0.9
   optim.eps = 1e-8
   optim.warmup = 5000
+  optim.decay = 'none'                    # after warmup: 'none' (score_sde: constant) | 'cosine'
+                                          # (to optim.lr * optim.final_lr_fraction at n_iters)
+  optim.final_lr_fraction = 0.
   optim.grad_clip = 1.
 
   config.seed = 42

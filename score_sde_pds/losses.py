@@ -279,14 +279,32 @@ def get_loss_fn(sde, model, train: bool, reduce_mean: bool = False, continuous: 
 
 
 def get_lr_schedule(config) -> Callable:
-  """score_sde's warmup: lr_k = lr * min(k / warmup, 1) at update k = 0, 1, ...
+  """The learning rate of update k = 0, 1, ...: score_sde's linear warmup, then a decay.
 
-  (update 0 has lr 0, as in score_sde; warmup <= 0 means a constant lr).
+  Warmup: lr_k = lr * min(k / warmup, 1) (update 0 has lr 0, as in score_sde; warmup <= 0
+  means none). After it, optim.decay = 'none' keeps lr (score_sde), 'cosine' anneals it to
+  lr * optim.final_lr_fraction at update training.n_iters along a half cosine (optax's
+  warmup_cosine_decay_schedule, whose linear warmup from 0 equals score_sde's).
   """
-  lr, warmup = float(config.optim.lr), int(config.optim.warmup)
-  if warmup <= 0:
-    return lambda count: jnp.asarray(lr, jnp.float32)
-  return lambda count: lr * jnp.minimum(jnp.asarray(count, jnp.float32) / warmup, 1.)
+  o = config.optim
+  lr, warmup = float(o.lr), max(int(o.warmup), 0)
+  decay = str(o.get('decay', 'none'))
+  if decay == 'none':
+    if warmup == 0:
+      return lambda count: jnp.asarray(lr, jnp.float32)
+    return lambda count: lr * jnp.minimum(jnp.asarray(count, jnp.float32) / warmup, 1.)
+  if decay != 'cosine':
+    raise ValueError(f"config.optim.decay must be 'none' or 'cosine', got {decay!r}.")
+  frac = float(o.get('final_lr_fraction', 0.))
+  if not 0. <= frac <= 1.:
+    raise ValueError(f'config.optim.final_lr_fraction must lie in [0, 1], got {frac!r}.')
+  n_iters = int(config.training.n_iters)
+  if n_iters <= warmup:
+    raise ValueError(f"config.optim.decay='cosine' needs config.training.n_iters "
+                     f'({n_iters}) > config.optim.warmup ({warmup}).')
+  return optax.warmup_cosine_decay_schedule(init_value=0., peak_value=lr,
+                                            warmup_steps=warmup, decay_steps=n_iters,
+                                            end_value=lr * frac)
 
 
 def get_optimizer(config) -> optax.GradientTransformation:

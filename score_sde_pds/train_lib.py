@@ -41,6 +41,7 @@ import time
 
 import flax
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -91,6 +92,29 @@ def validate_train_config(config):
   if not float(config.optim.lr) > 0:
     raise ValueError(f'config.optim.lr must be > 0, got {config.optim.lr!r}.')
   check_batch_size(config)
+
+
+def warm_start(state: losses.State, config, optimizer) -> losses.State:
+  """A step-0 state whose params and EMA both start from config.training.init_checkpoint.
+
+  The weights (config.training.init_weights: 'ema' or 'model') are read by
+  `checkpoints.restore_official` (any format it reads: a params file of
+  scripts/convert_checkpoint.py, a score_sde checkpoint, a .pth) and checked against the
+  config's model; the optimizer state is fresh (Adam moments at zero, so the warmup
+  applies again). Fine-tuning, not resuming: a run with a checkpoint in its workdir
+  resumes from that and never reads init_checkpoint.
+  """
+  from score_sde_pds import checkpoints
+  tr = config.training
+  which = str(tr.get('init_weights', 'ema'))
+  if which not in ('ema', 'model'):
+    raise ValueError(f"config.training.init_weights must be 'ema' or 'model', got {which!r}.")
+  path = str(tr.init_checkpoint)
+  params = checkpoints.restore_official(path, config, which=which)
+  params = jax.tree.map(lambda a, ref: jnp.asarray(a, ref.dtype), params, state.params)
+  log.info('Warm start: params and EMA from the %s weights of %s (step 0).', which, path)
+  return state.replace(params=params, params_ema=jax.tree.map(jnp.array, params),
+                       opt_state=optimizer.init(params))
 
 
 # ----------------------------------------------------------------------------- data
@@ -315,6 +339,8 @@ def train(config, workdir):
   if os.path.exists(meta_path):
     state = restore_state(meta_path, state)
     log.info('Resuming from %s at step %d.', meta_path, int(state.step))
+  elif str(tr.get('init_checkpoint', '') or ''):
+    state = warm_start(state, config, optimizer)
   initial_step = int(state.step)
   if is_writer:
     _truncate_log(log_path, initial_step)

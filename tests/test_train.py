@@ -296,6 +296,61 @@ def test_restore_official_reads_training_checkpoints(uninterrupted):
   assert float(jnp.abs(out_file).max()) > 0
 
 
+def test_warm_start_fine_tunes_from_weights_and_resume_wins(uninterrupted, tmp_path):
+  """training.init_checkpoint starts params and EMA (step 0, fresh Adam) from a file's
+  weights; a workdir with its own checkpoint resumes and never reads init_checkpoint."""
+  ref, ref_dir = uninterrupted
+  ema = checkpoints.restore_official(ref_dir, tiny_config())
+  workdir = str(tmp_path / 'ft')
+  # n_iters=0: the state as the warm start leaves it
+  start = train_lib.train(tiny_config(n_iters=0, init_checkpoint=ref_dir), workdir)
+  assert int(start.step) == 0
+  assert_trees_equal(start.params, ema)
+  assert_trees_equal(start.params_ema, ema)
+  assert all(float(jnp.abs(m).max()) == 0 for m in jax.tree.leaves(start.opt_state)
+             if jnp.issubdtype(m.dtype, jnp.floating))
+  raw = train_lib.train(tiny_config(n_iters=0, init_checkpoint=ref_dir, init_weights='model'),
+                        str(tmp_path / 'raw'))
+  assert_trees_equal(raw.params, jax.device_get(ref.params))
+  # a short fine-tune starts at the trained model's loss, far below a fresh model's
+  state = train_lib.train(tiny_config(n_iters=3, init_checkpoint=ref_dir), workdir)
+  assert int(state.step) == 3
+  fresh = [r['loss'] for r in read_log(ref_dir) if 'loss' in r]
+  tuned = [r['loss'] for r in read_log(workdir) if 'loss' in r]
+  assert np.mean(tuned) < 0.9 * np.mean(fresh[:3]), (tuned, fresh[:3])
+  # resuming that workdir ignores init_checkpoint (here a file that does not exist)
+  again = train_lib.train(tiny_config(n_iters=3, init_checkpoint=str(tmp_path / 'nope')),
+                          workdir)
+  assert_trees_equal(again, state)
+  with pytest.raises(ValueError, match=r'config\.training\.init_weights'):
+    train_lib.train(tiny_config(n_iters=0, init_checkpoint=ref_dir, init_weights='emma'),
+                    str(tmp_path / 'bad'))
+  with pytest.raises(FileNotFoundError, match='nope'):
+    train_lib.train(tiny_config(n_iters=0, init_checkpoint=str(tmp_path / 'nope')),
+                    str(tmp_path / 'bad2'))
+
+
+def test_cosine_decay_schedule():
+  """optim.decay='cosine': score_sde's linear warmup, then lr_k = lr (f + (1 - f)
+  (1 + cos(pi (k - w) / (n - w))) / 2) down to lr f at k = n = training.n_iters."""
+  c = tiny_config(n_iters=110)
+  c.optim.update(lr=0.01, warmup=10, decay='cosine', final_lr_fraction=0.1)
+  sched = losses.get_lr_schedule(c)
+  for k in (0, 5, 10, 35, 60, 99, 110, 200):
+    if k <= 10:
+      want = 0.01 * k / 10
+    else:
+      u = min((k - 10) / 100, 1.)
+      want = 0.01 * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * u)))
+    assert float(sched(k)) == pytest.approx(want, rel=1e-5, abs=1e-9), k
+  c.optim.decay = 'linear'
+  with pytest.raises(ValueError, match=r"config\.optim\.decay must be 'none' or 'cosine'"):
+    losses.get_lr_schedule(c)
+  c.optim.update(decay='cosine', warmup=200)
+  with pytest.raises(ValueError, match=r'config\.training\.n_iters \(110\) > '):
+    losses.get_lr_schedule(c)
+
+
 _TWO_DEVICE_SCRIPT = r"""
 import os, sys
 sys.path.insert(0, os.getcwd())
