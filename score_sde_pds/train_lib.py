@@ -91,13 +91,17 @@ def validate_train_config(config):
     raise ValueError(f'config.model.ema_rate must lie in [0, 1), got {config.model.ema_rate!r}.')
   if not float(config.optim.lr) > 0:
     raise ValueError(f'config.optim.lr must be > 0, got {config.optim.lr!r}.')
+  if str(tr.get('init_weights', 'ema')) not in ('ema', 'model'):
+    raise ValueError("config.training.init_weights must be 'ema' or 'model', got "
+                     f'{tr.init_weights!r}.')
   check_batch_size(config)
 
 
 def warm_start(state: losses.State, config, optimizer) -> losses.State:
   """A step-0 state whose params and EMA both start from config.training.init_checkpoint.
 
-  The weights (config.training.init_weights: 'ema' or 'model') are read by
+  The weights (config.training.init_weights: 'ema' or 'model', checked by
+  `validate_train_config`) are read by
   `checkpoints.restore_official` (any format it reads: a params file of
   scripts/convert_checkpoint.py, a score_sde checkpoint, a .pth) and checked against the
   config's model; the optimizer state is fresh (Adam moments at zero, so the warmup
@@ -107,8 +111,6 @@ def warm_start(state: losses.State, config, optimizer) -> losses.State:
   from score_sde_pds import checkpoints
   tr = config.training
   which = str(tr.get('init_weights', 'ema'))
-  if which not in ('ema', 'model'):
-    raise ValueError(f"config.training.init_weights must be 'ema' or 'model', got {which!r}.")
   path = str(tr.init_checkpoint)
   params = checkpoints.restore_official(path, config, which=which)
   params = jax.tree.map(lambda a, ref: jnp.asarray(a, ref.dtype), params, state.params)
