@@ -196,6 +196,31 @@ def test_binned_modes_approximate_the_exact_groups():
   assert i_bin['fd'] == pytest.approx(i_exact['fd'], rel=0.02)
 
 
+def test_space_gain_projection_is_data_weighted():
+  """The calibration replaces D^2 by its Rayleigh quotient under the data,
+  sum_p A_p d_p^2 / sum_p A_p per channel (not the plain pixel mean): hand-computed on an
+  image with an empty border (which raises the plain mean, not this one) and 1 (d = 1)
+  when A is constant."""
+  R = _stats(_field(beta=3.0))
+  spec = calibration.SamplerSpec(predictor='reverse_diffusion', corrector='langevin',
+                                 snr=0.16)
+  A = np.zeros(SHAPE)
+  A[2:6, 2:6] = 0.5           # 16 pixels with energy, 48 empty ones
+  A[3, 3] = 1.0
+  alphas = [2., 5., math.inf]
+  prob = calibration._problem(R, sde_lib.VESDE(N=20), 20, spec, space_stats=A)
+  d2 = prob.d2(alphas)[:, 0]
+  a_hat = A / A.max()
+  for al, got in zip(alphas, d2):
+    d = np.ones(SHAPE) if math.isinf(al) else al / (a_hat + al - 1.)
+    assert got == pytest.approx(np.sum(A * d * d) / np.sum(A), rel=1e-12)
+    assert math.isinf(al) or got < np.mean(d * d)    # the plain mean counts the border
+  # alpha = 2: (15 * (2 / 1.5)^2 + 2 * 1) / 17 by hand
+  assert d2[0] == pytest.approx((15 * (2 / 1.5) ** 2 * 0.5 + 1.0) / (15 * 0.5 + 1.0), rel=1e-12)
+  const = calibration._problem(R, sde_lib.VESDE(N=20), 20, spec, space_stats=np.full(SHAPE, 0.3))
+  assert np.allclose(const.d2(alphas)[:, 0], 1.)
+
+
 # ----------------------------------------------------------------------------- calibrated
 
 
