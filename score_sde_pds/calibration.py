@@ -100,7 +100,7 @@ sum_p A_p d_p^2 / sum_p A_p (A the space statistic, the per-pixel second moment)
 gain the data's own modes see, rather than by the plain pixel mean of d^2 (the Rayleigh
 quotient under white noise). The two differ where the data has no energy: on MNIST's
 empty border d is at its maximum alpha / (alpha - 1) and the plain mean is 3.0 at
-alpha = 2 against 1.2 data-weighted. There, in the directions of largest M M^T
+alpha = 2 against 1.65 data-weighted. There, in the directions of largest M M^T
 (high frequencies on the border), a linear score -x / sigma^2 makes small alphas blow
 up (the float32 sampler with that exact score on zero data: rms 1e17 at alpha = 2,
 N = 20), while the trained NCSN++ does not (max |x| 1.9; its score is linear near the
