@@ -1,4 +1,4 @@
-"""The bundled MNIST models: their shipped weights (VE and PSLD) load into the configs'
+"""The bundled MNIST models: their shipped weights (VE, PSLD and NCSNv2) load into the configs'
 models exactly, and the README's first command (PDS at T = 20 on the VE model, nothing
 else given) draws digits that the shipped classifier recognises."""
 import os
@@ -9,11 +9,13 @@ import pytest
 
 from configs.psld import mnist_ncsnpp_small as psld_mnist
 from configs.ve import mnist_ncsnpp_small
+from configs.ve.ncsnv2 import mnist_small as ncsnv2_mnist
 from score_sde_pds import checkpoints, run_lib, utils
 from score_sde_pds.evaluation import evaluator
 
 
-@pytest.mark.parametrize('module', [mnist_ncsnpp_small, psld_mnist], ids=['ve', 'psld'])
+@pytest.mark.parametrize('module', [mnist_ncsnpp_small, psld_mnist, ncsnv2_mnist],
+                         ids=['ve', 'psld', 'ncsnv2'])
 def test_shipped_weights_match_the_config_model_exactly(module):
   config = module.get_config()
   path = os.path.join(utils.REPO_ROOT, config.model.default_checkpoint)
