@@ -27,6 +27,7 @@ models/utils.get_score_fn), same snr and n_steps_each; `scripts/reproduce_table1
     --config.sampling.speed_up=5 --config.sampling.pds.enabled=True
 """
 from configs import default_configs
+from configs.ve import mnist_ncsnpp_small
 from configs.ve.ncsnv2 import default_ncsnv2
 
 
@@ -58,14 +59,7 @@ def get_config():
   pds.radius = 0.                      # 0 -> 0.2 * H
   pds.lam = 1.6
 
-  data = config.data
-  data.dataset = 'MNIST'
-  data.image_size = 28
-  data.num_channels = 1
-  data.centered = False
-  data.random_flip = False
-  data.uniform_dequantization = False
-  data.resize_mode = 'resize'
+  config.data = mnist_ncsnpp_small.get_config().data   # the same offline MNIST digits
 
   model = config.model
   model.name = 'ncsnv2_64'
