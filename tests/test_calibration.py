@@ -215,7 +215,7 @@ def test_space_gain_projection_is_data_weighted():
     d = np.ones(SHAPE) if math.isinf(al) else al / (a_hat + al - 1.)
     assert got == pytest.approx(np.sum(A * d * d) / np.sum(A), rel=1e-12)
     assert math.isinf(al) or got < np.mean(d * d)    # the plain mean counts the border
-  # alpha = 2: (15 * (2 / 1.5)^2 + 2 * 1) / 17 by hand
+  # alpha = 2 by hand: 15 pixels of A = 0.5 (d = 2 / 1.5) and one of A = 1 (d = 1)
   assert d2[0] == pytest.approx((15 * (2 / 1.5) ** 2 * 0.5 + 1.0) / (15 * 0.5 + 1.0), rel=1e-12)
   const = calibration._problem(R, sde_lib.VESDE(N=20), 20, spec, space_stats=np.full(SHAPE, 0.3))
   assert np.allclose(const.d2(alphas)[:, 0], 1.)
