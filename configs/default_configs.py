@@ -75,6 +75,9 @@ def get_default_configs():
   pds.gain_file = ''                      # filter='calibrated': gain file of scripts/calibrate_pds.py;
                                           # '' -> calibrate from freq_stats when sampling starts
   pds.calibration_groups = 2048           # calibration: max distinct mode groups (more are binned)
+  pds.pilot_samples = 32                  # alpha='auto': pilot samples per candidate alpha that check
+                                          # the proxy's choice on the network (0: proxy alone)
+  pds.pilot_confidence = 0.9              # bootstrap share a candidate must beat the proxy's in
   pds.radius = 0.0                        # parametric filter radius r (pixels); 0 -> 0.2 * H
   pds.lam = 1.0                           # parametric filter gain outside the radius
   pds.omega = 0.0                         # solenoidal term weight

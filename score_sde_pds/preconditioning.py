@@ -677,6 +677,14 @@ class Preconditioner:
       raise ValueError(f'config.sampling.pds.mode={mode!r} is unknown; valid modes: '
                        f'{", ".join(VALID_MODES)}')
     alpha = calibration.parse_alpha(pds.get('alpha', 5.0))
+    pilot_n, pilot_conf = pds.get('pilot_samples', 0), pds.get('pilot_confidence', 0.9)
+    if isinstance(pilot_n, bool) or not isinstance(pilot_n, (int, np.integer)) or pilot_n < 0:
+      raise ValueError(f'config.sampling.pds.pilot_samples must be an integer >= 0 (0: no '
+                       f'pilot check of alpha=auto), got {pilot_n!r}')
+    if (isinstance(pilot_conf, bool) or not isinstance(pilot_conf, (int, float))
+        or not 0.5 <= pilot_conf < 1):
+      raise ValueError(f'config.sampling.pds.pilot_confidence must be a number in [0.5, 1), '
+                       f'got {pilot_conf!r}')
     info.update(enabled=bool(pds.enabled))
     if not pds.enabled:
       return cls.identity()

@@ -214,6 +214,9 @@ def sample(config, workdir, sample_folder='samples'):
 
   model, states, params = load_model(config, workdir)
   inverse_scaler = datasets.get_data_inverse_scaler(config)
+  from score_sde_pds import pilot
+  precond = pilot.check_auto_alpha(config, workdir, sde, eps, model, params, states, precond,
+                                   inverse_scaler=inverse_scaler)
   sampling_fn = sampling.get_sampling_fn(config, sde, model, (B, size, size, ch), eps,
                                          inverse_scaler=inverse_scaler, preconditioner=precond)
   num_rounds = math.ceil(int(s.num_samples) / B)

@@ -14,7 +14,9 @@ and sampler, it prints and writes into --output_dir:
                         the alpha grid, and the marginal mode's choice for each --etas value
   calibration.png       gains vs R / max R (calibrated, auto-alpha map, alpha = 5 map),
                         the calibrated gain as an image, FD vs alpha
-The logic is in score_sde_pds/calibration.py.
+The logic is in score_sde_pds/calibration.py. This is the proxy's choice only: a sampling
+run with alpha='auto' also checks it on the network with a pilot (score_sde_pds/pilot.py,
+config.sampling.pds.pilot_samples), which may move it.
 """
 import math
 import os
