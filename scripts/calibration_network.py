@@ -8,13 +8,17 @@ every cell.
 For each N (reached as PDS does, speed_up = num_scales / N, eps scaled), one sampler is
 compiled and every variant is the same program called with a different preconditioner
 (preconditioners are arguments of the jitted function; a new operator structure
-compiles once more). 'auto' is the alpha `calibration.auto_alpha` picks on the Gaussian
+compiles once more). 'auto (proxy)' is the alpha `calibration.auto_alpha` picks on the Gaussian
 proxy of the config's frequency statistics for this SDE, sampler and N ('inf' = vanilla);
+'auto' that choice after the pilot check on the network (score_sde_pds/pilot.py), as
+main.py samples with alpha='auto';
 'calibrated' the per-frequency gains of `calibration.calibrate_gain` (filter='calibrated'
 with no gain file). The metric is the dataset's (MNIST-FD for MNIST/DIGITS, FID otherwise;
 score_sde_pds.evaluation.evaluator) with its bootstrap std as the estimator noise.
 
-Writes into --workdir: calibration_network.csv, .md and .png (metric vs N), atomically.
+Writes into --workdir: calibration_network.csv, .md and .png (metric vs N), atomically,
+after every cell; a rerun into the same --workdir keeps the cells its CSV already holds
+(same N, variant and --num_samples) and runs the others.
 """
 import copy
 import math
@@ -29,7 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 FLAGS = flags.FLAGS
 COLUMNS = ('N', 'variant', 'alpha', 'metric', 'value', 'value_std', 'confident_share',
-           'proxy_fd', 'nfe', 'seconds', 'num_samples')
+           'proxy_fd', 'nfe', 'seconds', 'num_samples', 'alpha_proxy', 'pilot_chosen_by',
+           'pilot_seconds')
 
 
 def _variant_configs(config, alphas):
@@ -37,24 +42,48 @@ def _variant_configs(config, alphas):
   out = []
   for label, filt, alpha in ([('vanilla', 'statistics', 'inf')]
                              + [(f'alpha={a:g}', 'statistics', float(a)) for a in alphas]
-                             + [('auto', 'statistics', 'auto'), ('calibrated', 'calibrated', 5.)]):
+                             + [('auto (proxy)', 'statistics', 'auto'),
+                                ('auto', 'statistics', 'auto'), ('calibrated', 'calibrated', 5.)]):
     c = copy.deepcopy(config)
     with c.unlocked():
       c.sampling.pds.enabled = True
       c.sampling.pds.filter = filt
       c.sampling.pds.alpha = alpha
       c.sampling.pds.gain_file = ''
+      if label == 'auto (proxy)':
+        c.sampling.pds.pilot_samples = 0
     out.append((label, c))
   return out
 
 
+def read_rows(path):
+  """Rows of an earlier calibration_network.csv (typed), [] if there is none."""
+  import csv
+  if not os.path.exists(path):
+    return []
+  rows = []
+  with open(path, newline='') as f:
+    for rec in csv.DictReader(f):
+      row = {}
+      for k, v in rec.items():
+        if k in ('variant', 'metric', 'pilot_chosen_by') or v == '':
+          row[k] = v if v != '' else None
+        elif k in ('N', 'nfe', 'num_samples'):
+          row[k] = int(v)
+        else:
+          row[k] = float(v)
+      rows.append(row)
+  return rows
+
+
 def run(config, workdir, steps, alphas, num_samples, batch_size=0, bootstrap=20, log=print,
-        on_row=None):
+        on_row=None, previous=()):
   """Rows (dicts of COLUMNS) of every (N, variant) cell; on_row(rows) after each cell (the
-  script writes its outputs there, so an interrupted run keeps every finished cell)."""
+  script writes its outputs there, so an interrupted run keeps every finished cell).
+  Cells found in `previous` rows (same N, variant and num_samples) are kept, not re-run."""
   import jax
   import numpy as np
-  from score_sde_pds import datasets, preconditioning, run_lib, sampling, sde_lib
+  from score_sde_pds import datasets, pilot, preconditioning, run_lib, sampling, sde_lib
   from score_sde_pds.evaluation import evaluator
   ns = int(config.model.num_scales)
   B = int(batch_size or config.sampling.batch_size)
@@ -82,8 +111,18 @@ def run(config, workdir, steps, alphas, num_samples, batch_size=0, bootstrap=20,
                                   inverse_scaler=inverse,
                                   preconditioner=preconditioning.Preconditioner.identity())
     for label, cfg in _variant_configs(base, alphas):
-      info = {}
-      p = preconditioning.Preconditioner.from_config(cfg, workdir, info=info)
+      old = next((q for q in previous if q['N'] == N and q['variant'] == label
+                  and q.get('num_samples') == num_samples), None)
+      if old is not None:
+        rows.append(old)
+        log(f'N={N} {label:>12}: kept from the earlier {old["metric"]}={old["value"]}')
+        continue
+      t0 = time.time()
+      p = run_lib.build_preconditioner(cfg, workdir)
+      p = pilot.check_auto_alpha(cfg, workdir, sde, eps, model, params, states, p,
+                                 inverse_scaler=inverse)
+      info = p.pds_info
+      pilot_seconds = (info.get('pilot') or {}).get('seconds', 0.)
       t0 = time.time()
       xs = []
       nfe = 0
@@ -102,7 +141,10 @@ def run(config, workdir, steps, alphas, num_samples, batch_size=0, bootstrap=20,
       row = {'N': N, 'variant': label, 'alpha': alpha, 'metric': res.get('metric'),
              'value': res.get('value'), 'value_std': res.get('value_std'),
              'confident_share': res.get('confident_share'), 'proxy_fd': info.get('proxy_fd'),
-             'nfe': int(nfe), 'seconds': round(seconds, 2), 'num_samples': len(x)}
+             'nfe': int(nfe), 'seconds': round(seconds, 2), 'num_samples': len(x),
+             'alpha_proxy': info.get('alpha_proxy'),
+             'pilot_chosen_by': (info.get('pilot') or {}).get('chosen_by'),
+             'pilot_seconds': pilot_seconds}
       rows.append(row)
       if on_row is not None:
         on_row(rows)
@@ -130,12 +172,14 @@ def markdown(rows, command=''):
         cells.append('')
         continue
       v = _fmt(r['value'], 4) + (f' ± {_fmt(r["value_std"], 2)}' if r.get('value_std') else '')
-      if lab in ('auto',):
+      if lab in ('auto', 'auto (proxy)'):
         v += f' (alpha {_fmt(r["alpha"], 3) if isinstance(r["alpha"], float) else r["alpha"]})'
       cells.append(v)
     lines.append(f'| {lab} | ' + ' | '.join(cells) + ' |')
   lines += ['', '± : bootstrap std of the metric over the samples (estimator noise). '
-            'auto: the alpha chosen on the Gaussian proxy of the frequency statistics.', '']
+            'auto (proxy): the alpha chosen on the Gaussian proxy of the frequency '
+            'statistics; auto: that choice checked by the pilot on the network '
+            "(config.sampling.pds.pilot_samples, score_sde_pds/pilot.py), as main.py does.", '']
   lines += ['Confident share (classifier max prob > 0.9):', '',
             '| variant | ' + ' | '.join(f'N={n}' for n in Ns) + ' |',
             '|---|' + '|'.join('---:' for _ in Ns) + '|']
@@ -188,9 +232,11 @@ def main(argv):
     if any(not a > 1 for a in alphas):
       raise ValueError(f'--alphas must be numbers > 1, got {FLAGS.alphas}')
     command = 'python ' + ' '.join(sys.argv)
+    previous = read_rows(os.path.join(FLAGS.workdir, 'calibration_network.csv'))
     rows = run(FLAGS.config, FLAGS.workdir, FLAGS.steps, alphas, FLAGS.num_samples,
                FLAGS.batch_size, FLAGS.bootstrap, log=lambda s: print(s, flush=True),
-               on_row=lambda rows: write_outputs(rows, FLAGS.workdir, command))
+               on_row=lambda rows: write_outputs(rows, FLAGS.workdir, command),
+               previous=previous)
   except (ValueError, FileNotFoundError, NotImplementedError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
