@@ -110,7 +110,8 @@ model against the network's best 3 / 3 / 2-3 (README, 'Calibrated PDS'); the
 data-weighted one chooses 3.35 / 5.49 / 9.9. On stationary data (A constant per
 channel) the two are equal. It does not make the proxy network-aware in general: with
 annealed Langevin dynamics on the MNIST NCSNv2 (README) the proxy still picks too small
-an alpha (1.43 at N = 50, worse than vanilla there; 1.73 with the plain mean).
+an alpha (1.43 at N = 50, worse than vanilla there; 1.73 with the plain mean), which is
+what the pilot check below is for.
 
 Mode groups. Modes with the same statistic (and channel when a space gain is used, and
 |phi| with omega != 0) behave identically, so the recursion runs once per distinct value
