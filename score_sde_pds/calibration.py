@@ -1117,11 +1117,9 @@ def spectral_fd(samples, freq_stats, clip=True):
                      f'statistic\'s shape {R.shape}, got {x.shape}')
   if not np.all(np.isfinite(x)):
     return math.inf
-  if clip:
-    x = np.clip(x, 0., 1.)
-  hw = R.shape[0] * R.shape[1]
-  p_hat = np.mean(np.abs(np.fft.fft2(x, axes=(1, 2))) ** 2, axis=0)
-  return float(np.sum((np.sqrt(p_hat / hw) - np.sqrt(np.expm1(R) / hw)) ** 2))
+  p_hat = _power_maps(x, R.shape, clip=clip).mean(0, dtype=np.float64)   # P_hat / HW
+  return float(np.sum((np.sqrt(p_hat) - np.sqrt(np.expm1(R).reshape(-1) / (
+      R.shape[0] * R.shape[1]))) ** 2))
 
 
 def _power_maps(samples, shape, clip=True):

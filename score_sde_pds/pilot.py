@@ -40,25 +40,13 @@ import time
 import jax
 import numpy as np
 
-from score_sde_pds import calibration, preconditioning, sampling
+from score_sde_pds import calibration, preconditioning, sampling, sweep
 
 log = logging.getLogger(__name__)
 
 # the pilot's samples draw from fold_in(PRNGKey(config.sampling.seed), PILOT_STREAM)
 # (sample b: fold_in of that key with b), a stream apart from the output samples'
 PILOT_STREAM = 0x70696C74
-
-
-def _stats(config, workdir):
-  """The frequency and space statistics of config.sampling.pds, (H, W, C) or None."""
-  size, ch = int(config.data.image_size), int(config.data.num_channels)
-  out = {}
-  for key in ('freq', 'space'):
-    val = config.sampling.pds.get(f'{key}_stats', '') or ''
-    out[key] = (preconditioning.load_statistics(
-        preconditioning._resolve_path(val, workdir, f'config.sampling.pds.{key}_stats'),
-        shape=(size, size, ch), kind=key) if val else None)
-  return out
 
 
 def _candidate(alpha, stats, shape, omega):
@@ -96,7 +84,7 @@ def check_auto_alpha(config, workdir, sde, eps, model, params, states, precond,
   n = int(pds.pilot_samples)
   dc = jax.device_count()
   batch = -(-n // dc) * dc                  # a multiple of the device count
-  stats = _stats(config, workdir)
+  stats = sweep.load_statistics(config, workdir)   # the files from_config read
   if stats['freq'] is None:
     raise ValueError("config.sampling.pds.pilot_samples > 0 with alpha='auto' needs "
                      'config.sampling.pds.freq_stats (the pilot scores samples by their '

@@ -13,7 +13,7 @@ import pytest
 
 from configs.ve import mnist_ncsnpp_small
 from score_sde_pds import calibration, datasets, preconditioning, run_lib, sampling, sde_lib
-from score_sde_pds import pilot
+from score_sde_pds import pilot, sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -131,7 +131,7 @@ def test_sample_runs_the_pilot_and_records_it(tmp_path, monkeypatch):
   # keys: the proxy's alpha, and vanilla as the identity (the pilot runs it as unit gains)
   model, states, params = run_lib.load_model(cfg, str(tmp_path))
   sde, eps = sde_lib.get_sde(cfg)
-  R = pilot._stats(cfg, str(tmp_path))
+  R = sweep.load_statistics(cfg, str(tmp_path))
   fn = sampling.get_sampling_fn(cfg, sde, model, (4, 28, 28, 1), eps,
                                 inverse_scaler=datasets.get_data_inverse_scaler(cfg))
   key = jax.random.fold_in(jax.random.PRNGKey(int(cfg.sampling.seed)), pilot.PILOT_STREAM)
