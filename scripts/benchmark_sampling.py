@@ -2,7 +2,8 @@
 
   python scripts/benchmark_sampling.py --config configs/ve/cifar10_ncsnpp_continuous.py \
       --batch 8 --steps 10 --rounds 3 [--preset tiny] [--checkpoint PATH] \
-      [--official_score_sde /path/to/patched/score_sde] [--dtype float32|bfloat16] \
+      [--official_score_sde /path/to/patched/score_sde] [--score_sde_pytorch PATH] \
+      [--pds_pytorch PATH] [--dtype float32|bfloat16] \
       [--json bench.json] [--config.model.nf=64 ...]
 
 Everything runs in ONE process, on one set of weights: random ones from
@@ -26,6 +27,14 @@ snr with one SDE of --steps steps:
                     (its pmapped sampler, its sde_lib and NCSN++), imported from PATH at
                     run time only, on the same weights and settings
   fwd2_official     the two-forward loop with the official network
+  pytorch           (--score_sde_pytorch PATH) score_sde_pytorch's PC sampler on CPU
+  pds_pytorch_off,  (--pds_pytorch PATH) fudan-zvg/PDS's PC sampler, PDS off (its
+  pds_pytorch       defaults) and on (masks from the same random statistics as `pds`)
+  fwd2_pytorch      the two-forward loop with the PyTorch network (a Python loop under
+                    torch.no_grad, as the PyTorch samplers run it)
+The PyTorch peers are imported from their checkouts at run time (peer_checkouts.py);
+with a score_sde_pytorch .pth --checkpoint they sample with its EMA weights, the same
+weights as every other item, else with their own random init.
 Each item is compiled and run --warmup times untimed, then --rounds rounds time every
 item once, in an order that is reversed every other round, so that drift in machine
 load hits all of them; ratios are formed per round (the same round's times), and
@@ -56,6 +65,7 @@ from absl import flags
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (get_config()).',
@@ -73,6 +83,10 @@ flags.DEFINE_string('checkpoint', '', 'Weights to time with (checkpoints.restore
                     "'' -> random weights of init_model.")
 flags.DEFINE_string('official_score_sde', '', 'Path to a yang-song/score_sde checkout '
                     'patched for current JAX/Flax: also time its PC sampler.')
+flags.DEFINE_string('score_sde_pytorch', '', 'Path to a yang-song/score_sde_pytorch '
+                    'checkout: also time its PC sampler (needs torch).')
+flags.DEFINE_string('pds_pytorch', '', 'Path to a fudan-zvg/PDS checkout: also time its '
+                    'PC sampler with PDS on and off (needs torch).')
 flags.DEFINE_bool('pds', True, 'Time the PDS sampler.')
 flags.DEFINE_bool('progress', True, 'Time the sampler with the default progress report.')
 flags.DEFINE_float('alpha', 5.0, 'PDS filter strength (> 1).')
@@ -82,13 +96,7 @@ flags.DEFINE_string('compilation_cache', os.path.join('~', '.cache', 'score_sde_
                     "Persistent JAX compilation cache folder ('' to disable), as main.py.")
 flags.mark_flags_as_required(['config'])
 
-# The tiny NCSN++ of tests/fixtures/score_sde_jax/tiny_ncsnpp_config.json (model part).
-TINY_MODEL = dict(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,),
-                  resamp_with_conv=True, conditional=True, fir=True, fir_kernel=(1, 3, 3, 1),
-                  skip_rescale=True, resblock_type='biggan', progressive='output_skip',
-                  progressive_input='input_skip', progressive_combine='sum',
-                  embedding_type='fourier', fourier_scale=16, init_scale=0., conv_size=3,
-                  scale_by_sigma=True, sigma_min=0.01, sigma_max=50.)
+from benchmark_presets import TINY_MODEL, apply_preset  # noqa: E402,F401
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -127,20 +135,6 @@ def _timed(fn):
   c0, t0 = time.process_time(), time.perf_counter()
   _block(fn())
   return time.perf_counter() - t0, time.process_time() - c0
-
-
-def apply_preset(config, preset):
-  """Turns `config` into the tiny fixture model ('tiny') in place (VE, 32x32x3)."""
-  if preset != 'tiny':
-    return config
-  with config.unlocked():
-    for k, v in TINY_MODEL.items():
-      with config.model.ignore_type():
-        config.model[k] = v
-    config.data.image_size, config.data.num_channels, config.data.centered = 32, 3, False
-    config.training.sde, config.training.continuous = 'vesde', True
-    config.model.name = 'ncsnpp'
-  return config
 
 
 def init_network(config, seed, checkpoint=''):
@@ -278,33 +272,24 @@ def sampler_overhead(shape, steps, rounds, log=print):
 class OfficialScoreSde:
   """The official score_sde (JAX) PC sampler, imported from a patched checkout at run time.
 
-  Nothing of it is part of this repository: `path` is put on sys.path only while its
-  modules (`sampling`, `sde_lib`, `models.*`) are imported. The network is its NCSN++
+  Nothing of it is part of this repository: its modules (`sampling`, `sde_lib`,
+  `models.*`) are imported from `path` in isolation (peer_checkouts.import_checkout). The network is its NCSN++
   class built from our config (same keys) and takes our parameter tree as it is.
   """
 
   def __init__(self, path, config):
+    import peer_checkouts
     path = os.path.abspath(os.path.expanduser(path))
-    if not os.path.isfile(os.path.join(path, 'sampling.py')) or not os.path.isdir(
-        os.path.join(path, 'models')):
-      raise ValueError(f'--official_score_sde={path!r} is not a score_sde checkout '
-                       '(expected sampling.py and models/ there).')
-    clash = [m for m in ('sampling', 'sde_lib', 'utils', 'models') if m in sys.modules]
-    if clash:
-      raise RuntimeError(f'modules {clash} are already imported; cannot import score_sde.')
-    sys.path.insert(0, path)
     try:
-      self.sampling = importlib.import_module('sampling')
-      self.sde_lib = importlib.import_module('sde_lib')
-      self.mutils = importlib.import_module('models.utils')
-      importlib.import_module(f'models.{config.model.name}')
+      mods = peer_checkouts.import_checkout(
+          path, ('sampling', 'sde_lib', 'models.utils', f'models.{config.model.name}'))
+    except ValueError as e:
+      raise ValueError(f'--official_score_sde: {e}') from e
     except ImportError as e:
       raise ImportError(f'importing score_sde from {path} failed ({e}); apply the '
                         'compatibility patch for current JAX/Flax first.') from e
-    finally:
-      sys.path.remove(path)
-    if not os.path.abspath(self.sampling.__file__).startswith(path):
-      raise RuntimeError(f'imported {self.sampling.__file__}, not score_sde from {path}.')
+    self.sampling, self.sde_lib = mods['sampling'], mods['sde_lib']
+    self.mutils = mods['models.utils']
     self.path = path
     self.model = self.mutils.get_model(config.model.name)(config=config)
 
@@ -354,7 +339,8 @@ def _ratio_stats(num, den):
 
 
 def run_benchmark(config, batch, steps, rounds, warmup=1, alpha=5.0, seed=0, checkpoint='',
-                  official_path='', with_pds=True, with_progress=True, log=print):
+                  official_path='', with_pds=True, with_progress=True, pytorch_path='',
+                  pds_pytorch_path='', pause=0.2, log=print):
   """Times the items of the module docstring, interleaved; returns a dict of results.
 
   Args:
@@ -364,6 +350,10 @@ def run_benchmark(config, batch, steps, rounds, warmup=1, alpha=5.0, seed=0, che
     warmup: untimed runs per item after compilation. alpha: PDS filter strength.
     seed: weights / statistics / sampler seed. checkpoint: weights file or ''.
     official_path: patched score_sde checkout or ''.
+    pytorch_path, pds_pytorch_path: score_sde_pytorch / fudan-zvg/PDS checkouts or ''
+      (PyTorch peers, see scripts/peer_checkouts.py).
+    pause: seconds of sleep before each timed run (PyTorch's OpenMP threads spin-wait
+      after a parallel region; the pause keeps that off the next item's clock).
     with_pds, with_progress: also time the PDS and the progress-report samplers.
     log: progress printer.
   Returns:
@@ -384,8 +374,9 @@ def run_benchmark(config, batch, steps, rounds, warmup=1, alpha=5.0, seed=0, che
   config.sampling.batch_size = batch
   sde, eps = sde_lib.get_sde(config, N=steps)
   res = {'config_model': config.model.name, 'shape': list(shape), 'steps': steps,
-         'rounds': rounds, 'warmup': warmup, 'alpha': alpha, 'seed': seed,
+         'rounds': rounds, 'warmup': warmup, 'pause_s': pause, 'alpha': alpha, 'seed': seed,
          'checkpoint': checkpoint, 'official_score_sde': official_path,
+         'score_sde_pytorch': pytorch_path, 'pds_pytorch': pds_pytorch_path,
          'dtype': str(config.model.get('dtype', 'float32')),
          'predictor': str(config.sampling.predictor),
          'corrector': str(config.sampling.corrector),
@@ -444,6 +435,36 @@ def run_benchmark(config, batch, steps, rounds, warmup=1, alpha=5.0, seed=0, che
     info['official'] = {'compile_s': time.perf_counter() - t0}
     floors['fwd2_official'] = official.score_fn_of_params(official.sde(config, steps), config,
                                                           states)
+  torch_net = None
+  for kind, path in (('score_sde_pytorch', pytorch_path), ('pds_pytorch', pds_pytorch_path)):
+    if not path:
+      continue
+    import peer_checkouts
+    torch_ckpt = checkpoint if checkpoint.endswith('.pth') else ''
+    peer = peer_checkouts.PytorchPeer(path, kind, config, torch_ckpt)
+    res.setdefault('pytorch_peers', {})[kind] = dict(
+        peer_checkouts.describe(peer), weights=torch_ckpt or 'its own random init')
+    runs = {'pytorch' if kind == 'score_sde_pytorch' else 'pds_pytorch_off':
+            peer.pc_sampler(config, shape, steps, eps, seed=seed)}
+    if kind == 'pds_pytorch' and with_pds:
+      g = np.random.default_rng(seed)   # the same statistics as random_pds
+      freq = g.uniform(1., 10., (size, size, ch)).astype(np.float32)
+      space = g.uniform(0.05, 1., (size, size, ch)).astype(np.float32)
+      runs['pds_pytorch'] = peer.pc_sampler(
+          config, shape, steps, eps, seed=seed,
+          masks=peer_checkouts.pds_masks_from_statistics(freq, space, alpha))
+    for name, run in runs.items():
+      t0 = time.perf_counter()
+      out = run()
+      info[name] = {'compile_s': time.perf_counter() - t0,
+                    'finite': bool(np.all(np.isfinite(out.numpy())))}
+      items[name] = lambda run=run: (run(), None)[1]
+    torch_net = torch_net or peer
+  if torch_net is not None:
+    items['fwd2_pytorch'] = torch_net.two_forward_loop(config, shape, steps, eps, x0)
+    t0 = time.perf_counter()
+    items['fwd2_pytorch']()
+    info['fwd2_pytorch'] = {'compile_s': time.perf_counter() - t0}
   for name, make in floors.items():
     loop = two_forward_loop(make, sde, shape, steps, eps)
     t0 = time.perf_counter()
@@ -462,6 +483,7 @@ def run_benchmark(config, batch, steps, rounds, warmup=1, alpha=5.0, seed=0, che
   order = list(items)
   for r in range(rounds):
     for name in (order if r % 2 == 0 else order[::-1]):
+      time.sleep(pause)   # let the previous item's worker threads go idle (OpenMP spins)
       w, c = _timed(items[name])
       wall[name].append(w)
       cpu[name].append(c)
@@ -477,7 +499,9 @@ def run_benchmark(config, batch, steps, rounds, warmup=1, alpha=5.0, seed=0, che
   res['items'] = info
   pairs = [('vanilla', 'fwd2'), ('pds', 'fwd2'), ('vanilla_progress', 'vanilla'),
            ('pds', 'vanilla'), ('official', 'fwd2_official'), ('vanilla', 'official'),
-           ('pds', 'official'), ('fwd2', 'fwd2_official')]
+           ('pds', 'official'), ('fwd2', 'fwd2_official'), ('vanilla', 'pytorch'),
+           ('vanilla', 'pds_pytorch_off'), ('pds', 'pds_pytorch'), ('fwd2', 'fwd2_pytorch'),
+           ('official', 'pytorch'), ('pytorch', 'fwd2_pytorch')]
   res['ratios'], res['cpu_ratios'] = {}, {}
   for a, b in pairs:
     if a in items and b in items:
@@ -542,6 +566,14 @@ def main(argv):
   del argv
   from score_sde_pds import utils as _utils
   _utils.enable_compilation_cache(FLAGS.compilation_cache)
+  import peer_checkouts
+  for flag, needs_torch in (('official_score_sde', False), ('score_sde_pytorch', True),
+                            ('pds_pytorch', True)):
+    if FLAGS[flag].value:
+      try:
+        peer_checkouts.check_checkout(flag, FLAGS[flag].value, needs_torch)
+      except (ValueError, ImportError) as e:
+        raise app.UsageError(str(e)) from e
   config = apply_preset(FLAGS.config, FLAGS.preset)
   if FLAGS.dtype:
     config.model.dtype = FLAGS.dtype
@@ -550,7 +582,8 @@ def main(argv):
   res = run_benchmark(config, batch, FLAGS.steps, rounds, warmup=FLAGS.warmup,
                       alpha=FLAGS.alpha, seed=FLAGS.seed, checkpoint=FLAGS.checkpoint,
                       official_path=FLAGS.official_score_sde, with_pds=FLAGS.pds,
-                      with_progress=FLAGS.progress, log=lambda m: print(m, flush=True))
+                      with_progress=FLAGS.progress, pytorch_path=FLAGS.score_sde_pytorch,
+                      pds_pytorch_path=FLAGS.pds_pytorch, log=lambda m: print(m, flush=True))
   res['command'] = ' '.join(['python'] + sys.argv)
   print()
   print(format_table(res))
