@@ -294,15 +294,8 @@ class OfficialScoreSde:
     self.model = self.mutils.get_model(config.model.name)(config=config)
 
   def sde(self, config, steps):
-    m, name = config.model, str(config.training.sde).lower()
-    if name == 'vesde':
-      return self.sde_lib.VESDE(sigma_min=m.sigma_min, sigma_max=m.sigma_max, N=steps)
-    if name == 'vpsde':
-      return self.sde_lib.VPSDE(beta_min=m.beta_min, beta_max=m.beta_max, N=steps)
-    if name == 'subvpsde':
-      return self.sde_lib.subVPSDE(beta_min=m.beta_min, beta_max=m.beta_max, N=steps)
-    raise ValueError(f'config.training.sde={config.training.sde!r}: score_sde has '
-                     'vesde, vpsde, subvpsde.')
+    import peer_checkouts
+    return peer_checkouts.peer_sde(self.sde_lib, config, steps)
 
   def pc_sampler(self, config, shape, steps, eps, params, states, seed):
     """A zero-argument function running the official pmapped PC sampler once."""

@@ -95,6 +95,20 @@ def check_checkout(flag, path, needs_torch=False):
                         f'(pip install torch==2.13.0): {e}') from e
 
 
+def peer_sde(sde_lib, config, steps):
+  """The SDE of `config.training.sde` with `steps` steps, built from a peer's own sde_lib
+  (score_sde and its PyTorch ports share constructor names and arguments)."""
+  m, name = config.model, str(config.training.sde).lower()
+  if name == 'vesde':
+    return sde_lib.VESDE(sigma_min=m.sigma_min, sigma_max=m.sigma_max, N=steps)
+  if name == 'vpsde':
+    return sde_lib.VPSDE(beta_min=m.beta_min, beta_max=m.beta_max, N=steps)
+  if name == 'subvpsde':
+    return sde_lib.subVPSDE(beta_min=m.beta_min, beta_max=m.beta_max, N=steps)
+  raise ValueError(f'config.training.sde={config.training.sde!r}: the peers have vesde, '
+                   'vpsde, subvpsde.')
+
+
 @contextlib.contextmanager
 def _no_cuda_extension_build():
   """torch.utils.cpp_extension.load -> a stub returning None, while the block runs."""
@@ -158,15 +172,7 @@ class PytorchPeer:
       torch.cuda.FloatTensor = torch.FloatTensor   # see the module docstring
 
   def sde(self, config, steps):
-    m, name = config.model, str(config.training.sde).lower()
-    if name == 'vesde':
-      return self.sde_lib.VESDE(sigma_min=m.sigma_min, sigma_max=m.sigma_max, N=steps)
-    if name == 'vpsde':
-      return self.sde_lib.VPSDE(beta_min=m.beta_min, beta_max=m.beta_max, N=steps)
-    if name == 'subvpsde':
-      return self.sde_lib.subVPSDE(beta_min=m.beta_min, beta_max=m.beta_max, N=steps)
-    raise ValueError(f'config.training.sde={config.training.sde!r}: the peers have '
-                     'vesde, vpsde, subvpsde.')
+    return peer_sde(self.sde_lib, config, steps)
 
   def score(self, config, x_nhwc, t):
     """The peer's score function on NHWC numpy input (for checking the weights): NHWC."""
