@@ -21,3 +21,13 @@ def apply_preset(config, preset):
     config.training.sde, config.training.continuous = 'vesde', True
     config.model.name = 'ncsnpp'
   return config
+
+
+def random_statistics(shape, seed):
+  """(freq, space) random positive PDS statistics of shape (H, W, C), float32: the
+  benchmark's stand-in for dataset statistics (the values do not change the work)."""
+  import numpy as np
+  g = np.random.default_rng(seed)
+  freq = g.uniform(1., 10., shape).astype(np.float32)     # like log(1 + E|F x|^2)
+  space = g.uniform(0.05, 1., shape).astype(np.float32)   # like E[x^2] in [0, 1]
+  return freq, space

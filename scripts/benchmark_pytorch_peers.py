@@ -44,7 +44,7 @@ flags.mark_flags_as_required(['config'])
 def main(argv):
   del argv
   import numpy as np
-  from benchmark_presets import apply_preset   # JAX-free, unlike benchmark_sampling
+  from benchmark_presets import apply_preset, random_statistics   # JAX-free
   import peer_checkouts
   assert 'jax' not in sys.modules, 'this control must run without JAX in the process'
   for flag in ('score_sde_pytorch', 'pds_pytorch'):
@@ -67,9 +67,7 @@ def main(argv):
     name = 'pytorch' if kind == 'score_sde_pytorch' else 'pds_pytorch_off'
     items[name] = peer.pc_sampler(config, shape, steps, FLAGS.eps, seed=FLAGS.seed)
     if kind == 'pds_pytorch':
-      g = np.random.default_rng(FLAGS.seed)
-      freq = g.uniform(1., 10., (size, size, ch)).astype(np.float32)
-      space = g.uniform(0.05, 1., (size, size, ch)).astype(np.float32)
+      freq, space = random_statistics((size, size, ch), FLAGS.seed)
       items['pds_pytorch'] = peer.pc_sampler(
           config, shape, steps, FLAGS.eps, seed=FLAGS.seed,
           masks=peer_checkouts.pds_masks_from_statistics(freq, space, FLAGS.alpha))

@@ -51,7 +51,6 @@ Prints tables and writes everything to --json.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import platform
@@ -96,7 +95,8 @@ flags.DEFINE_string('compilation_cache', os.path.join('~', '.cache', 'score_sde_
                     "Persistent JAX compilation cache folder ('' to disable), as main.py.")
 flags.mark_flags_as_required(['config'])
 
-from benchmark_presets import TINY_MODEL, apply_preset  # noqa: E402,F401
+from benchmark_presets import apply_preset, random_statistics  # noqa: E402
+import peer_checkouts  # noqa: E402  (imports neither JAX nor torch)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -162,11 +162,8 @@ def init_network(config, seed, checkpoint=''):
 
 def random_pds(shape, alpha, seed):
   """A frequency + space preconditioner from random positive statistics of (H, W, C)."""
-  import numpy as np
   from score_sde_pds import preconditioning
-  g = np.random.default_rng(seed)
-  freq = g.uniform(1., 10., shape).astype(np.float32)     # like log(1 + E|F x|^2)
-  space = g.uniform(0.05, 1., shape).astype(np.float32)   # like E[x^2] in [0, 1]
+  freq, space = random_statistics(shape, seed)
   return preconditioning.Preconditioner.from_statistics(
       freq_stats=freq, space_stats=space, alpha=alpha, shape=shape)
 
@@ -273,12 +270,12 @@ class OfficialScoreSde:
   """The official score_sde (JAX) PC sampler, imported from a patched checkout at run time.
 
   Nothing of it is part of this repository: its modules (`sampling`, `sde_lib`,
-  `models.*`) are imported from `path` in isolation (peer_checkouts.import_checkout). The network is its NCSN++
-  class built from our config (same keys) and takes our parameter tree as it is.
+  `models.*`) are imported from `path` in isolation (peer_checkouts.import_checkout).
+  The network is its NCSN++ class built from our config (same keys) and takes our
+  parameter tree as it is.
   """
 
   def __init__(self, path, config):
-    import peer_checkouts
     path = os.path.abspath(os.path.expanduser(path))
     try:
       mods = peer_checkouts.import_checkout(
@@ -294,7 +291,6 @@ class OfficialScoreSde:
     self.model = self.mutils.get_model(config.model.name)(config=config)
 
   def sde(self, config, steps):
-    import peer_checkouts
     return peer_checkouts.peer_sde(self.sde_lib, config, steps)
 
   def pc_sampler(self, config, shape, steps, eps, params, states, seed):
@@ -354,7 +350,6 @@ def run_benchmark(config, batch, steps, rounds, warmup=1, alpha=5.0, seed=0, che
     {name: median/min/max/rounds (wall)}, 'cpu_ratios' (process CPU time), and metadata.
   """
   import jax
-  import jax.numpy as jnp
   import numpy as np
   from score_sde_pds import datasets, preconditioning, sampling, sde_lib
   from score_sde_pds.models import utils as mutils
@@ -432,7 +427,6 @@ def run_benchmark(config, batch, steps, rounds, warmup=1, alpha=5.0, seed=0, che
   for kind, path in (('score_sde_pytorch', pytorch_path), ('pds_pytorch', pds_pytorch_path)):
     if not path:
       continue
-    import peer_checkouts
     torch_ckpt = checkpoint if checkpoint.endswith('.pth') else ''
     peer = peer_checkouts.PytorchPeer(path, kind, config, torch_ckpt)
     res.setdefault('pytorch_peers', {})[kind] = dict(
@@ -440,9 +434,7 @@ def run_benchmark(config, batch, steps, rounds, warmup=1, alpha=5.0, seed=0, che
     runs = {'pytorch' if kind == 'score_sde_pytorch' else 'pds_pytorch_off':
             peer.pc_sampler(config, shape, steps, eps, seed=seed)}
     if kind == 'pds_pytorch' and with_pds:
-      g = np.random.default_rng(seed)   # the same statistics as random_pds
-      freq = g.uniform(1., 10., (size, size, ch)).astype(np.float32)
-      space = g.uniform(0.05, 1., (size, size, ch)).astype(np.float32)
+      freq, space = random_statistics((size, size, ch), seed)   # as random_pds
       runs['pds_pytorch'] = peer.pc_sampler(
           config, shape, steps, eps, seed=seed,
           masks=peer_checkouts.pds_masks_from_statistics(freq, space, alpha))
@@ -559,7 +551,6 @@ def main(argv):
   del argv
   from score_sde_pds import utils as _utils
   _utils.enable_compilation_cache(FLAGS.compilation_cache)
-  import peer_checkouts
   for flag, needs_torch in (('official_score_sde', False), ('score_sde_pytorch', True),
                             ('pds_pytorch', True)):
     if FLAGS[flag].value:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import os
 import sys
 
@@ -256,7 +255,5 @@ def pds_masks_from_statistics(freq_stats, space_stats, alpha):
 def describe(peer):
   """A JSON-able record of a peer: kind, path, torch version and threads."""
   torch = peer.torch
-  return json.loads(json.dumps({'kind': peer.kind, 'path': peer.path,
-                                'sampling_py': peer.sampling.__file__,
-                                'torch_version': torch.__version__,
-                                'torch_threads': torch.get_num_threads()}))
+  return {'kind': peer.kind, 'path': peer.path, 'sampling_py': peer.sampling.__file__,
+          'torch_version': str(torch.__version__), 'torch_threads': torch.get_num_threads()}
