@@ -1122,17 +1122,29 @@ def spectral_fd(samples, freq_stats, clip=True):
       R.shape[0] * R.shape[1]))) ** 2))
 
 
+POWER_CHUNK_ELEMENTS = 1 << 24   # float64 FFT work per chunk of _power_maps (~270 MB)
+
+
 def _power_maps(samples, shape, clip=True):
-  """(n, H*W*C) float32 |F x_n|^2 / HW of data-space samples (clipped to [0, 1])."""
-  x = np.asarray(samples, np.float64)
+  """(n, H*W*C) float32 |F x_n|^2 / HW of data-space samples (clipped to [0, 1]).
+
+  The float64 FFT runs over chunks of samples of at most POWER_CHUNK_ELEMENTS numbers, so
+  the transient memory stays ~16 bytes x that however large the images (32 FFHQ-1024
+  pilot samples would otherwise take ~3 GB at once); the output is float32.
+  """
+  x = np.asarray(samples)
   if x.ndim != 4 or x.shape[1:] != tuple(shape):
     raise ValueError(f'pilot samples must be (n, H, W, C) with (H, W, C) = {tuple(shape)}, '
                      f'got {x.shape}')
-  if clip:
-    x = np.clip(x, 0., 1.)
   hw = shape[0] * shape[1]
-  p = np.abs(np.fft.fft2(x, axes=(1, 2))) ** 2 / hw
-  return p.reshape(len(x), -1).astype(np.float32)
+  out = np.empty((len(x), int(np.prod(shape))), np.float32)
+  step = max(1, POWER_CHUNK_ELEMENTS // max(out.shape[1], 1))
+  for i in range(0, len(x), step):
+    c = np.asarray(x[i:i + step], np.float64)
+    if clip:
+      c = np.clip(c, 0., 1.)
+    out[i:i + step] = (np.abs(np.fft.fft2(c, axes=(1, 2))) ** 2 / hw).reshape(len(c), -1)
+  return out
 
 
 def pilot_choice(alphas, samples, freq_stats, proxy_alpha, *, confidence=0.9, n_boot=200,

@@ -62,6 +62,20 @@ def test_spectral_fd_by_hand():
     calibration.spectral_fd(data[:, :4], R)
 
 
+def test_power_maps_are_the_same_in_memory_bounded_chunks(monkeypatch):
+  """The chunked FFT (bounded memory for big images) gives the one-shot result exactly,
+  with a remainder chunk too (200 samples in chunks of 1 and of 3)."""
+  data = _images(200, 1)
+  R = preconditioning.compute_statistics(data)['freq'].astype(np.float64)
+  whole = calibration._power_maps(data, R.shape)
+  direct = (np.abs(np.fft.fft2(np.clip(data.astype(np.float64), 0, 1), axes=(1, 2))) ** 2
+            / (R.shape[0] * R.shape[1])).reshape(len(data), -1).astype(np.float32)
+  np.testing.assert_array_equal(whole, direct)
+  for per_chunk in (1, 3):
+    monkeypatch.setattr(calibration, 'POWER_CHUNK_ELEMENTS', per_chunk * R.size)
+    np.testing.assert_array_equal(calibration._power_maps(data, R.shape), whole)
+
+
 def test_choice_keeps_a_proxy_choice_that_noise_alone_beats():
   """K candidates drawn from the data distribution itself (only the draws differ): the
   proxy's choice may move in about (1 - confidence) of pilots, not more."""
