@@ -169,6 +169,8 @@ __all__ = [
     'pilot_candidates',
     'spectral_fd',
     'pilot_choice',
+    'PilotScorer',
+    'pilot_decide',
     'parse_alpha',
     'save_gain',
     'alpha_label',
@@ -1176,33 +1178,67 @@ def pilot_choice(alphas, samples, freq_stats, proxy_alpha, *, confidence=0.9, n_
   alphas = [float(a) for a in alphas]
   if len(samples) != len(alphas):
     raise ValueError(f'pilot_choice: {len(alphas)} alphas but {len(samples)} sample sets')
+  _check_decision_args(alphas, proxy_alpha, confidence)
+  scorer = PilotScorer(freq_stats, len(samples[0]) if len(samples) else 0, seed=seed,
+                       n_boot=n_boot)
+  for x in samples:
+    scorer.add(x)
+  return pilot_decide(alphas, scorer.full, scorer.boot, proxy_alpha, confidence=confidence)
+
+
+class PilotScorer:
+  """Scores pilot candidates one at a time (`pilot_choice`'s first half), so a caller can
+  drop each candidate's samples once scored: only (n_boot,) numbers per candidate stay.
+
+  Args:
+    freq_stats: R (H, W, C). n: pilot samples per candidate. seed, n_boot: the paired
+      bootstrap (the same resampled indices for every candidate).
+  Attributes:
+    full: [K] spectral FD of each added candidate on all its samples (inf if diverged).
+    boot: [K] (n_boot,) the FD on each bootstrap resample.
+  """
+
+  def __init__(self, freq_stats, n, *, seed=0, n_boot=200):
+    R = np.asarray(freq_stats, np.float64)
+    self.shape, self.n, self.n_boot = R.shape, int(n), int(n_boot)
+    self.target = np.sqrt(np.expm1(R).reshape(-1) / (R.shape[0] * R.shape[1]))
+    idx = np.random.default_rng(seed).integers(0, self.n, size=(self.n_boot, self.n))
+    self.weights = np.zeros((self.n_boot, self.n))         # bootstrap resample counts / n
+    np.add.at(self.weights, (np.arange(self.n_boot)[:, None], idx), 1. / self.n)
+    self.full, self.boot = [], []
+
+  def add(self, x):
+    """Scores one candidate's samples x (n, H, W, C), data space [0, 1]."""
+    if len(x) != self.n:
+      raise ValueError('pilot_choice: every candidate needs the same number of samples')
+    if not np.all(np.isfinite(np.asarray(x))):
+      self.full.append(math.inf)
+      self.boot.append(np.full(self.n_boot, math.inf))
+      return
+    p = _power_maps(x, self.shape)
+    self.full.append(float(np.sum((np.sqrt(p.mean(0, dtype=np.float64)) - self.target) ** 2)))
+    b = np.empty(self.n_boot)
+    for i in range(0, self.n_boot, 16):                    # chunks bound the memory
+      m = self.weights[i:i + 16] @ p                       # (chunk, HWC)
+      b[i:i + 16] = np.sum((np.sqrt(np.maximum(m, 0.)) - self.target) ** 2, axis=1)
+    self.boot.append(b)
+
+
+def _check_decision_args(alphas, proxy_alpha, confidence):
   if float(proxy_alpha) not in alphas:
     raise ValueError(f'pilot_choice: proxy_alpha {proxy_alpha} is not among {alphas}')
   if not 0.5 <= confidence < 1:
     raise ValueError(f'pilot_choice: confidence must be in [0.5, 1), got {confidence}')
-  R = np.asarray(freq_stats, np.float64)
-  target = np.sqrt(np.expm1(R).reshape(-1) / (R.shape[0] * R.shape[1]))
+
+
+def pilot_decide(alphas, full, boot, proxy_alpha, *, confidence=0.9):
+  """`pilot_choice`'s decision from the candidates' scores (`PilotScorer.full` / `boot`);
+  returns (alpha, info) as `pilot_choice` does."""
+  alphas = [float(a) for a in alphas]
+  if len(full) != len(alphas) or len(boot) != len(alphas):
+    raise ValueError(f'pilot_choice: {len(alphas)} alphas but {len(full)} scored candidates')
+  _check_decision_args(alphas, proxy_alpha, confidence)
   j0 = alphas.index(float(proxy_alpha))
-  n = len(samples[0])
-  rng = np.random.default_rng(seed)
-  idx = rng.integers(0, n, size=(n_boot, n))
-  weights = np.zeros((n_boot, n))                         # bootstrap resample counts / n
-  np.add.at(weights, (np.arange(n_boot)[:, None], idx), 1. / n)
-  full, boot = [], []
-  for x in samples:
-    if len(x) != n:
-      raise ValueError('pilot_choice: every candidate needs the same number of samples')
-    if not np.all(np.isfinite(np.asarray(x))):
-      full.append(math.inf)
-      boot.append(np.full(n_boot, math.inf))
-      continue
-    p = _power_maps(x, R.shape)
-    full.append(float(np.sum((np.sqrt(p.mean(0, dtype=np.float64)) - target) ** 2)))
-    b = np.empty(n_boot)
-    for i in range(0, n_boot, 16):                         # chunks bound the memory
-      m = weights[i:i + 16] @ p                            # (chunk, HWC)
-      b[i:i + 16] = np.sum((np.sqrt(np.maximum(m, 0.)) - target) ** 2, axis=1)
-    boot.append(b)
   best = int(np.argmin(full))
   need = 1. - (1. - confidence) / max(len(alphas) - 1, 1)
   with np.errstate(invalid='ignore'):

@@ -105,18 +105,20 @@ def check_auto_alpha(config, workdir, sde, eps, model, params, states, precond,
   fn = sampling.get_sampling_fn(quiet, sde, model, (batch,) + shape, eps,
                                 inverse_scaler=inverse_scaler, preconditioner=cands[0])
   key = jax.random.fold_in(jax.random.PRNGKey(int(config.sampling.seed)), PILOT_STREAM)
-  xs = []
+  confidence = float(pds.get('pilot_confidence', 0.9))
+  # each candidate is scored as soon as it is sampled, and its samples dropped
+  scorer = calibration.PilotScorer(stats['freq'], n)
   for a, p in zip(alphas, cands):
     x, _ = fn(key, params, states, offset=0, preconditioner=p)
     if jax.process_count() > 1:     # every host decides on the same, whole pilot
       from jax.experimental import multihost_utils
       x = multihost_utils.process_allgather(x, tiled=True)
-    xs.append(np.asarray(x, np.float32)[:n])
+    scorer.add(np.asarray(x, np.float32)[:n])
+    del x
     log.info('PDS pilot: alpha=%s sampled (%d samples, %.0f s so far)',
              calibration.alpha_label(a), n, time.time() - t0)
-  alpha, pinfo = calibration.pilot_choice(
-      alphas, xs, stats['freq'], proxy_alpha,
-      confidence=float(pds.get('pilot_confidence', 0.9)))
+  alpha, pinfo = calibration.pilot_decide(alphas, scorer.full, scorer.boot, proxy_alpha,
+                                          confidence=confidence)
   seconds = time.time() - t0
   label = calibration.alpha_label
   info.update(alpha=label(alpha), alpha_proxy=label(proxy_alpha), pilot={
