@@ -1120,8 +1120,17 @@ def spectral_fd(samples, freq_stats, clip=True):
   if not np.all(np.isfinite(x)):
     return math.inf
   p_hat = _power_maps(x, R.shape, clip=clip).mean(0, dtype=np.float64)   # P_hat / HW
-  return float(np.sum((np.sqrt(p_hat) - np.sqrt(np.expm1(R).reshape(-1) / (
-      R.shape[0] * R.shape[1]))) ** 2))
+  return float(_spectral_distance(p_hat, _power_target(R)))
+
+
+def _power_target(R):
+  """(H*W*C,) sqrt(P / HW), P = e^R - 1: the statistic's side of the spectral FD."""
+  return np.sqrt(np.expm1(R).reshape(-1) / (R.shape[0] * R.shape[1]))
+
+
+def _spectral_distance(p, target):
+  """The spectral FD of mean power maps p (..., H*W*C) (P_hat / HW) against `target`."""
+  return np.sum((np.sqrt(np.maximum(p, 0.)) - target) ** 2, axis=-1)
 
 
 POWER_CHUNK_ELEMENTS = 1 << 24   # float64 FFT work per chunk of _power_maps (~270 MB)
@@ -1201,7 +1210,7 @@ class PilotScorer:
   def __init__(self, freq_stats, n, *, seed=0, n_boot=200):
     R = np.asarray(freq_stats, np.float64)
     self.shape, self.n, self.n_boot = R.shape, int(n), int(n_boot)
-    self.target = np.sqrt(np.expm1(R).reshape(-1) / (R.shape[0] * R.shape[1]))
+    self.target = _power_target(R)
     idx = np.random.default_rng(seed).integers(0, self.n, size=(self.n_boot, self.n))
     self.weights = np.zeros((self.n_boot, self.n))         # bootstrap resample counts / n
     np.add.at(self.weights, (np.arange(self.n_boot)[:, None], idx), 1. / self.n)
@@ -1216,11 +1225,10 @@ class PilotScorer:
       self.boot.append(np.full(self.n_boot, math.inf))
       return
     p = _power_maps(x, self.shape)
-    self.full.append(float(np.sum((np.sqrt(p.mean(0, dtype=np.float64)) - self.target) ** 2)))
+    self.full.append(float(_spectral_distance(p.mean(0, dtype=np.float64), self.target)))
     b = np.empty(self.n_boot)
     for i in range(0, self.n_boot, 16):                    # chunks bound the memory
-      m = self.weights[i:i + 16] @ p                       # (chunk, HWC)
-      b[i:i + 16] = np.sum((np.sqrt(np.maximum(m, 0.)) - self.target) ** 2, axis=1)
+      b[i:i + 16] = _spectral_distance(self.weights[i:i + 16] @ p, self.target)
     self.boot.append(b)
 
 

@@ -44,15 +44,14 @@ flags.mark_flags_as_required(['config'])
 def main(argv):
   del argv
   import numpy as np
-  from benchmark_presets import apply_preset, random_statistics   # JAX-free
+  from benchmark_presets import apply_preset   # JAX-free
   import peer_checkouts
   assert 'jax' not in sys.modules, 'this control must run without JAX in the process'
-  for flag in ('score_sde_pytorch', 'pds_pytorch'):
-    if FLAGS[flag].value:
-      try:
-        peer_checkouts.check_checkout(flag, FLAGS[flag].value, needs_torch=True)
-      except (ValueError, ImportError) as e:
-        raise app.UsageError(str(e)) from e
+  try:
+    peer_checkouts.check_checkouts([('score_sde_pytorch', FLAGS.score_sde_pytorch, True),
+                                    ('pds_pytorch', FLAGS.pds_pytorch, True)])
+  except (ValueError, ImportError) as e:
+    raise app.UsageError(str(e)) from e
   import torch
   config = apply_preset(FLAGS.config, FLAGS.preset)
   size, ch = int(config.data.image_size), int(config.data.num_channels)
@@ -64,13 +63,8 @@ def main(argv):
     if not path:
       continue
     peer = peer_checkouts.PytorchPeer(path, kind, config, FLAGS.checkpoint)
-    name = 'pytorch' if kind == 'score_sde_pytorch' else 'pds_pytorch_off'
-    items[name] = peer.pc_sampler(config, shape, steps, FLAGS.eps, seed=FLAGS.seed)
-    if kind == 'pds_pytorch':
-      freq, space = random_statistics((size, size, ch), FLAGS.seed)
-      items['pds_pytorch'] = peer.pc_sampler(
-          config, shape, steps, FLAGS.eps, seed=FLAGS.seed,
-          masks=peer_checkouts.pds_masks_from_statistics(freq, space, FLAGS.alpha))
+    items.update(peer.samplers(config, shape, steps, FLAGS.eps, alpha=FLAGS.alpha,
+                               seed=FLAGS.seed))
   if peer is None:
     raise app.UsageError('give --score_sde_pytorch and/or --pds_pytorch.')
   x0 = np.random.default_rng(FLAGS.seed + 1).normal(size=shape).astype(np.float32) * .5 + .5

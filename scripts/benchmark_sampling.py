@@ -424,20 +424,14 @@ def run_benchmark(config, batch, steps, rounds, warmup=1, alpha=5.0, seed=0, che
     floors['fwd2_official'] = official.score_fn_of_params(official.sde(config, steps), config,
                                                           states)
   torch_net = None
+  torch_ckpt = checkpoint if checkpoint.endswith('.pth') else ''
   for kind, path in (('score_sde_pytorch', pytorch_path), ('pds_pytorch', pds_pytorch_path)):
     if not path:
       continue
-    torch_ckpt = checkpoint if checkpoint.endswith('.pth') else ''
     peer = peer_checkouts.PytorchPeer(path, kind, config, torch_ckpt)
     res.setdefault('pytorch_peers', {})[kind] = dict(
         peer_checkouts.describe(peer), weights=torch_ckpt or 'its own random init')
-    runs = {'pytorch' if kind == 'score_sde_pytorch' else 'pds_pytorch_off':
-            peer.pc_sampler(config, shape, steps, eps, seed=seed)}
-    if kind == 'pds_pytorch' and with_pds:
-      freq, space = random_statistics((size, size, ch), seed)   # as random_pds
-      runs['pds_pytorch'] = peer.pc_sampler(
-          config, shape, steps, eps, seed=seed,
-          masks=peer_checkouts.pds_masks_from_statistics(freq, space, alpha))
+    runs = peer.samplers(config, shape, steps, eps, alpha=alpha, seed=seed, with_pds=with_pds)
     for name, run in runs.items():
       t0 = time.perf_counter()
       out = run()
@@ -551,13 +545,13 @@ def main(argv):
   del argv
   from score_sde_pds import utils as _utils
   _utils.enable_compilation_cache(FLAGS.compilation_cache)
-  for flag, needs_torch in (('official_score_sde', False), ('score_sde_pytorch', True),
-                            ('pds_pytorch', True)):
-    if FLAGS[flag].value:
-      try:
-        peer_checkouts.check_checkout(flag, FLAGS[flag].value, needs_torch)
-      except (ValueError, ImportError) as e:
-        raise app.UsageError(str(e)) from e
+  try:
+    peer_checkouts.check_checkouts([
+        ('official_score_sde', FLAGS.official_score_sde, False),
+        ('score_sde_pytorch', FLAGS.score_sde_pytorch, True),
+        ('pds_pytorch', FLAGS.pds_pytorch, True)])
+  except (ValueError, ImportError) as e:
+    raise app.UsageError(str(e)) from e
   config = apply_preset(FLAGS.config, FLAGS.preset)
   if FLAGS.dtype:
     config.model.dtype = FLAGS.dtype

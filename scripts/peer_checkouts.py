@@ -38,7 +38,15 @@ def _owned(path):
   return out
 
 
-def import_checkout(path, modules, required_files=('sampling.py', 'sde_lib.py', 'models')):
+CHECKOUT_ENTRIES = ('sampling.py', 'sde_lib.py', 'models')   # every peer has these
+
+
+def _missing(path, entries):
+  """The entries of `entries` that do not exist under `path`."""
+  return [f for f in entries if not os.path.exists(os.path.join(path, f))]
+
+
+def import_checkout(path, modules, required_files=CHECKOUT_ENTRIES):
   """Imports `modules` (dotted names) from the checkout at `path`, isolated.
 
   Args:
@@ -52,7 +60,7 @@ def import_checkout(path, modules, required_files=('sampling.py', 'sde_lib.py', 
     ValueError: `path` is not such a checkout. ImportError: importing failed.
   """
   path = os.path.abspath(os.path.expanduser(path))
-  missing = [f for f in required_files if not os.path.exists(os.path.join(path, f))]
+  missing = _missing(path, required_files)
   if missing:
     raise ValueError(f'{path!r} is not the expected checkout: {missing} missing there.')
   stashed = {}
@@ -76,22 +84,28 @@ def import_checkout(path, modules, required_files=('sampling.py', 'sde_lib.py', 
   return out
 
 
-def check_checkout(flag, path, needs_torch=False):
-  """Fails early, naming `flag`, if `path` is not a peer checkout or torch is missing.
+def check_checkouts(flags):
+  """Fails early, naming the flag, if a peer path is not a checkout or torch is missing.
 
-  Raises ValueError (wrong path) or ImportError (torch not installed)."""
-  path = os.path.abspath(os.path.expanduser(path))
-  missing = [f for f in ('sampling.py', 'sde_lib.py', 'models')
-             if not os.path.exists(os.path.join(path, f))]
-  if missing:
-    raise ValueError(f'--{flag}={path!r} is not a checkout of that peer: {missing} '
-                     'missing there.')
-  if needs_torch:
-    try:
-      import torch  # noqa: F401
-    except ImportError as e:
-      raise ImportError(f'--{flag} runs a PyTorch peer and needs torch '
-                        f'(pip install torch==2.13.0): {e}') from e
+  Args:
+    flags: [(flag name, path, needs_torch)]; entries with an empty path are skipped.
+  Raises:
+    ValueError (wrong path) or ImportError (torch not installed).
+  """
+  for flag, path, needs_torch in flags:
+    if not path:
+      continue
+    path = os.path.abspath(os.path.expanduser(path))
+    missing = _missing(path, CHECKOUT_ENTRIES)
+    if missing:
+      raise ValueError(f'--{flag}={path!r} is not a checkout of that peer: {missing} '
+                       'missing there.')
+    if needs_torch:
+      try:
+        import torch  # noqa: F401
+      except ImportError as e:
+        raise ImportError(f'--{flag} runs a PyTorch peer and needs torch '
+                          f'(pip install torch==2.13.0): {e}') from e
 
 
 def peer_sde(sde_lib, config, steps):
@@ -120,11 +134,16 @@ def _no_cuda_extension_build():
     cpp_extension.load = real
 
 
+def _to_nchw(torch, x_nhwc):
+  """A contiguous float tensor (B, C, H, W) of an NHWC array."""
+  import numpy as np
+  return torch.from_numpy(np.ascontiguousarray(np.transpose(np.asarray(x_nhwc), (0, 3, 1, 2))))
+
+
 def pytorch_config(config):
   """Our ml_collections config (same keys as score_sde's) with device='cpu' for PyTorch."""
   import torch
-  cfg = config.copy_and_resolve_references() if hasattr(config, 'copy_and_resolve_references') \
-      else config
+  cfg = config.copy_and_resolve_references()
   with cfg.unlocked():
     cfg.device = torch.device('cpu')
   return cfg
@@ -181,8 +200,7 @@ class PytorchPeer:
     fn = self.mutils.get_score_fn(sde, self.model, train=False,
                                   continuous=bool(config.training.continuous))
     with torch.no_grad():
-      x = torch.from_numpy(np.ascontiguousarray(np.transpose(x_nhwc, (0, 3, 1, 2))))
-      out = fn(x, torch.from_numpy(np.asarray(t, np.float32)))
+      out = fn(_to_nchw(torch, x_nhwc), torch.from_numpy(np.asarray(t, np.float32)))
     return np.transpose(out.numpy(), (0, 2, 3, 1))
 
   def pc_sampler(self, config, shape, steps, eps, masks=None, seed=0):
@@ -213,18 +231,33 @@ class PytorchPeer:
       return fn(self.model)[0]
     return run
 
+  def samplers(self, config, shape, steps, eps, *, alpha, seed=0, with_pds=True):
+    """{item name: zero-argument run} of this peer's PC samplers, as the benchmarks name
+    them: 'pytorch' (score_sde_pytorch), or 'pds_pytorch_off' and, with_pds,
+    'pds_pytorch' (fudan-zvg/PDS with masks from benchmark_presets.random_statistics at
+    `alpha`, the statistics of the project's `pds` item)."""
+    if self.kind == 'score_sde_pytorch':
+      return {'pytorch': self.pc_sampler(config, shape, steps, eps, seed=seed)}
+    runs = {'pds_pytorch_off': self.pc_sampler(config, shape, steps, eps, seed=seed)}
+    if with_pds:
+      from benchmark_presets import random_statistics
+      freq, space = random_statistics(tuple(shape[1:]), seed)
+      runs['pds_pytorch'] = self.pc_sampler(
+          config, shape, steps, eps, seed=seed,
+          masks=pds_masks_from_statistics(freq, space, alpha))
+    return runs
+
   def two_forward_loop(self, config, shape, steps, eps, x0):
     """The floor of a PC step with this peer's network (as benchmark_sampling's
     `two_forward_loop`): a zero-argument function making `steps` iterations of two
     dependent score evaluations (torch.no_grad, NCHW) and nothing else.
 
     shape: NHWC (B, H, W, C); x0: the NHWC start batch (any array)."""
-    import numpy as np
     torch = self.torch
     sde = self.sde(config, steps)
     score_fn = self.mutils.get_score_fn(sde, self.model, train=False,
                                         continuous=bool(config.training.continuous))
-    x_init = torch.from_numpy(np.ascontiguousarray(np.transpose(np.asarray(x0), (0, 3, 1, 2))))
+    x_init = _to_nchw(torch, x0)
     ts = torch.linspace(sde.T, eps, steps)
 
     def run():
